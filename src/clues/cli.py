@@ -1,0 +1,38 @@
+"""The `clues` command: a thin layer that parses options and calls the library."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from clues.commands import data as data_commands
+from clues.errors import CluesError
+
+app = typer.Typer(
+    help="CLUES: find the high-quality records in private data silos, train one model on them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_commands.app, name="data")
+
+
+def main() -> None:
+    """Entry point: user errors print as one clear message and exit 1, without a traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except CluesError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"error: {exc}", highlight=False, markup=False, style="red")
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny byte-level BPE tokenizer and a tiny random Llama, built in milliseconds.
+
+They exercise the real code paths (transformers, PEFT, tokenizers) without any download; tests of
+the shipped default model load it from the package instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from clues.data import shipped
+
+    texts = []
+    for name in ("fiqa", "medmeadow", "mmed_mcq"):
+        for record in shipped.load(name, "all")[:150]:
+            texts.extend([record.instruction, record.input, record.output])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|pad|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 512-token byte-level BPE trained on a few shipped records (any UTF-8 text encodes)."""
+    return _tiny_tokenizer()
+
+
+def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2):
+    """A random Llama with q/k/v/o projections like the real ones, small enough for exact tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    config._attn_implementation = "eager"
+    model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+@pytest.fixture()
+def tiny_llama(tiny_tokenizer):
+    """(model, tokenizer): a fresh tiny random Llama for each test."""
+    return make_tiny_llama(tiny_tokenizer), tiny_tokenizer
+
+
+@pytest.fixture()
+def tiny_model_dir(tmp_path, tiny_tokenizer):
+    """A local Hugging Face model folder (config, safetensors, tokenizer) holding the tiny Llama."""
+    model = make_tiny_llama(tiny_tokenizer)
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
