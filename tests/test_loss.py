@@ -1,0 +1,41 @@
+import torch
+
+from clues.data import encode, record_from_dict
+from clues.data.batching import length_sorted_batches, pad_batch
+from clues.loss import batch_record_losses, per_record_loss
+
+
+def _records():
+    texts = [("Define APR.", "", "Annual percentage rate."), ("Translate", "bonjour", "hello there, my friend"),
+             ("Q", "What is a stock?", "A share of ownership in a company, traded on an exchange.")]
+    return [record_from_dict({"instruction": i, "input": x, "output": o}) for i, x, o in texts]
+
+
+def test_batched_loss_equals_single(tiny_llama):
+    model, tok = tiny_llama
+    encs = [encode(r, tok, 64) for r in _records()]
+    batched = batch_record_losses(model, pad_batch(encs, tok.pad_token_id))
+    single = torch.stack([batch_record_losses(model, pad_batch([e], tok.pad_token_id))[0] for e in encs])
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_ignores_prompt_tokens(tiny_llama):
+    """Changing a prompt-token label position's content changes inputs, but a label of -100 never counts."""
+    logits = torch.randn(1, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, -100]])
+    expected = (torch.nn.functional.cross_entropy(logits[0, 1], torch.tensor(3))
+                + torch.nn.functional.cross_entropy(logits[0, 2], torch.tensor(4))) / 2
+    torch.testing.assert_close(per_record_loss(logits, labels)[0], expected)
+
+
+def test_record_without_response_is_an_error():
+    import pytest
+
+    with pytest.raises(ValueError):
+        per_record_loss(torch.randn(1, 3, 5), torch.full((1, 3), -100))
+
+
+def test_length_sorted_batches_cover_all():
+    batches = length_sorted_batches([5, 1, 3, 3, 9], 2)
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
+    assert batches[0] == [1, 2]
