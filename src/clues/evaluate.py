@@ -1,0 +1,296 @@
+"""Held-out evaluation: per-domain test loss, multiple-choice accuracy and the oracle gain recovered.
+
+Everything here scores text with the project's one template, loss mask and per-record loss
+(:func:`clues.data.encode` and :func:`clues.loss.batch_record_losses`), so a test loss is measured
+exactly like the training and scoring losses (the authors' scripts used a different template and
+mask for each stage; CLUES.md section 6). Batches are length-sorted to save padding; right padding
+and the per-record normalisation make every batched number equal to its batch-size-1 value.
+Selection metrics (precision, recall, F1, accuracy, AUROC against labels) live in :mod:`clues.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+import torch
+
+from clues.data.batching import length_sorted_batches, pad_batch
+from clues.data.records import Record
+from clues.data.template import encode_all
+from clues.loss import batch_record_losses
+
+# Records without a ``domain`` field are grouped under this name.
+DEFAULT_DOMAIN = "all"
+
+
+def domain_of(record: Record) -> str:
+    return record.domain or DEFAULT_DOMAIN
+
+
+@contextmanager
+def _eval_mode(model):
+    """Dropout off while evaluating (LoRA dropout would make losses random), then restore the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_size: int) -> list[float]:
+    """Per-record losses of already encoded records, in input order."""
+    losses = [0.0] * len(encodings)
+    lengths = [len(e["input_ids"]) for e in encodings]
+    with torch.no_grad(), _eval_mode(model):
+        for indices in length_sorted_batches(lengths, batch_size):
+            batch = pad_batch([encodings[i] for i in indices], pad_token_id)
+            for i, loss in zip(indices, batch_record_losses(model, batch).tolist()):
+                losses[i] = loss
+    return losses
+
+
+def record_losses(
+    model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
+    template: str = "alpaca", console=None,
+) -> list[float]:
+    """The project loss of each record (mean over its response tokens), in input order, without gradients.
+
+    ``console`` (a rich Console) gets the truncation summary when any record had to be cut.
+    """
+    if not records:
+        return []
+    encodings, _ = encode_all(records, tokenizer, max_length, template, console=console)
+    return _encoded_losses(model, encodings, _pad_id(tokenizer), batch_size)
+
+
+def _mean_by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[str, float]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for record, value in zip(records, values):
+        groups[domain_of(record)].append(value)
+    return {domain: sum(v) / len(v) for domain, v in sorted(groups.items())}
+
+
+def per_domain_loss(
+    model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
+    template: str = "alpaca", console=None,
+) -> dict[str, float]:
+    """Mean per-record response loss of each domain: ``{domain: loss}``, domains sorted by name.
+
+    A mean over records (not over tokens), so a long answer counts as much as a short one, as in training.
+    """
+    losses = record_losses(model, tokenizer, records, max_length, batch_size, template, console)
+    return _mean_by_domain(records, losses)
+
+
+def perplexity(domain_loss: Mapping[str, float]) -> dict[str, float]:
+    """``exp(loss)`` per domain (the perplexity of the mean per-record loss)."""
+    return {domain: math.exp(loss) for domain, loss in domain_loss.items()}
+
+
+def macro_mean(per_domain: Mapping[str, float]) -> float | None:
+    """Mean over domains (each domain weighs the same, whatever its test-set size); None if empty."""
+    values = list(per_domain.values())
+    return sum(values) / len(values) if values else None
+
+
+# --- multiple choice -------------------------------------------------------------------------------
+
+_OPTION_LINE = re.compile(r"^\s*([A-Z])[.)]\s+\S")
+_ANSWER_LETTER = re.compile(r"^\s*([A-Z])(?:[.):]|\s|$)")
+# Closed answers whose whole output is one word: the candidates are the words of its set.
+_WORD_SETS = (("да", "нет"), ("yes", "no", "maybe"), ("yes", "no"))
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice record: the candidate responses and the index of the right one."""
+
+    record: Record
+    options: tuple[str, ...]
+    answer: int
+
+
+def parse_question(record: Record) -> Question | None:
+    """Read a record as multiple choice, or return None.
+
+    Lettered: the input holds option lines ``A. text`` or ``A) text`` (the last run of consecutive
+    letters from A, at least two) and the output starts with the right letter; the candidates are the
+    option lines as written, which is how the shipped data phrases its answers (``"B. 12～48小时"``).
+    Questions with several right options (``"D. ...; E. ..."``) are not read: ranking single options
+    cannot answer them. Closed: the whole output is one word of a yes/no set (``да``/``нет``;
+    ``maybe`` joins yes/no when the prompt mentions it).
+    """
+    options: list[str] = []
+    for line in record.input.splitlines():
+        match = _OPTION_LINE.match(line)
+        if not match:
+            continue
+        letter = match.group(1)
+        if letter == "A":  # a new block: the last A, B, C... run is the options (a case may start "J. C. ...")
+            options = []
+        if ord(letter) == ord("A") + len(options):
+            options.append(line.strip())
+    letters = [chr(ord("A") + i) for i in range(len(options))]
+    answer = _ANSWER_LETTER.match(record.output)
+    several = re.search(r";\s*[A-Z][.)]\s", record.output)  # "D. ...; E. ...": more than one right option
+    if len(options) >= 2 and answer and answer.group(1) in letters and not several:
+        return Question(record, tuple(options), letters.index(answer.group(1)))
+
+    word = record.output.strip().rstrip(".").strip()
+    prompt = f"{record.instruction}\n{record.input}".lower()
+    for words in _WORD_SETS:
+        if word.lower() in words and ("maybe" in prompt or "maybe" not in words):
+            cased = tuple(w.capitalize() if word[:1].isupper() else w for w in words)
+            return Question(record, cased, words.index(word.lower()))
+    return None
+
+
+@dataclass
+class MCQResult:
+    """Accuracy per domain; ``skipped`` counts records that were not multiple choice."""
+
+    accuracy: dict[str, float] = field(default_factory=dict)
+    correct: dict[str, int] = field(default_factory=dict)
+    total: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+
+    @property
+    def mean_accuracy(self) -> float | None:
+        """Macro mean over domains."""
+        return macro_mean(self.accuracy)
+
+    def as_dict(self) -> dict:
+        """JSON-ready: the per-domain numbers, their mean and the skipped count."""
+        return {
+            "accuracy": self.accuracy,
+            "mean_accuracy": self.mean_accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "skipped": self.skipped,
+        }
+
+
+def option_losses(
+    model, tokenizer, questions: Sequence[Question], max_length: int = 256, batch_size: int = 16,
+    template: str = "alpaca",
+) -> list[list[float]]:
+    """The project loss of every candidate response of every question, all batched together."""
+    candidates = [replace(q.record, output=option) for q in questions for option in q.options]
+    flat = record_losses(model, tokenizer, candidates, max_length, batch_size, template)
+    result, start = [], 0
+    for q in questions:
+        result.append(flat[start : start + len(q.options)])
+        start += len(q.options)
+    return result
+
+
+def mcq_accuracy(
+    model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
+    template: str = "alpaca",
+) -> MCQResult:
+    """Accuracy of picking, for each multiple-choice record, the option with the lowest response loss.
+
+    The score is the project loss of the option as the response (mean log-likelihood over its tokens,
+    end-of-sequence included), so options of different lengths compete on the same per-token scale and
+    a model is judged by the very loss it was trained on. Ties go to the first option. Records that
+    :func:`parse_question` cannot read as multiple choice are skipped and counted.
+    """
+    questions = [q for q in map(parse_question, records) if q is not None]
+    result = MCQResult(skipped=len(records) - len(questions))
+    losses = option_losses(model, tokenizer, questions, max_length, batch_size, template)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for q, option_loss in zip(questions, losses):
+        hits[domain_of(q.record)].append(option_loss.index(min(option_loss)) == q.answer)
+    for domain, h in sorted(hits.items()):
+        result.correct[domain] = sum(h)
+        result.total[domain] = len(h)
+        result.accuracy[domain] = sum(h) / len(h)
+    return result
+
+
+# --- oracle gain ----------------------------------------------------------------------------------
+
+# Below this gap between the mixed and the oracle loss the ratio means nothing (and may divide by zero).
+GAIN_EPS = 1e-6
+
+
+def gain_recovered(mixed: float, method: float, oracle: float, eps: float = GAIN_EPS) -> float | None:
+    """``(mixed - method) / (mixed - oracle)``: 0 is no better than mixed data, 1 matches the oracle.
+
+    None when ``|mixed - oracle| <= eps * max(1, |mixed|)`` or an input is missing or not finite: when
+    clean data does not help, there is no gain to recover and any ratio would be noise. The sign is
+    kept as is: above 1 beats the oracle, below 0 is worse than mixed data.
+    """
+    values = (mixed, method, oracle)
+    if any(v is None or not math.isfinite(v) for v in values):
+        return None
+    denominator = mixed - oracle
+    if abs(denominator) <= eps * max(1.0, abs(mixed)):
+        return None
+    return (mixed - method) / denominator
+
+
+def oracle_gain_recovered(
+    loss_mixed: Mapping[str, float], loss_method: Mapping[str, float], loss_oracle: Mapping[str, float],
+    eps: float = GAIN_EPS,
+) -> dict:
+    """Gain recovered per domain and overall: ``{"per_domain": {domain: float|None}, "mean": float|None}``.
+
+    ``mean`` is the ratio of the macro-mean losses over the domains all three conditions share, not
+    the mean of the per-domain ratios: a domain where clean data barely helps has a near-zero
+    denominator and would otherwise swing the average arbitrarily.
+    """
+    domains = [d for d in loss_mixed if d in loss_method and d in loss_oracle]
+    per_domain = {d: gain_recovered(loss_mixed[d], loss_method.get(d), loss_oracle.get(d), eps) for d in loss_mixed}
+    if not domains:
+        return {"per_domain": per_domain, "mean": None}
+    means = [sum(losses[d] for d in domains) / len(domains) for losses in (loss_mixed, loss_method, loss_oracle)]
+    return {"per_domain": per_domain, "mean": gain_recovered(*means, eps=eps)}
+
+
+# --- one condition, as results.json wants it -------------------------------------------------------
+
+
+def evaluate_condition(
+    model, tokenizer, test_records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
+    template: str = "alpaca", mcq: bool = True, console=None,
+) -> dict:
+    """One condition's entry of ``results.json``: test loss per domain, its macro mean, perplexity and,
+    when the test set holds multiple-choice records and ``mcq`` is on, their accuracy per domain.
+
+    ``oracle_gain_recovered`` is left None here: it needs the other conditions (:func:`add_oracle_gain`).
+    """
+    losses = per_domain_loss(model, tokenizer, test_records, max_length, batch_size, template, console)
+    entry = {
+        "test_loss": losses,
+        "mean_test_loss": macro_mean(losses),
+        "perplexity": perplexity(losses),
+        "oracle_gain_recovered": None,
+    }
+    if mcq:
+        result = mcq_accuracy(model, tokenizer, test_records, max_length, batch_size, template)
+        if result.total:
+            entry["mcq_accuracy"] = result.accuracy
+            entry["mcq_questions"] = result.total
+    return entry
+
+
+def add_oracle_gain(conditions: dict, mixed: str = "mixed", oracle: str = "oracle") -> dict:
+    """Fill every condition's ``oracle_gain_recovered`` (the overall ``mean`` of
+    :func:`oracle_gain_recovered`) when both reference conditions ran; None otherwise. Returns ``conditions``."""
+    for entry in conditions.values():
+        entry["oracle_gain_recovered"] = None
+        if mixed in conditions and oracle in conditions:
+            gain = oracle_gain_recovered(conditions[mixed]["test_loss"], entry["test_loss"], conditions[oracle]["test_loss"])
+            entry["oracle_gain_recovered"] = gain["mean"]
+    return conditions

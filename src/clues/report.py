@@ -1,0 +1,323 @@
+"""The run report: ``report.md``, a self-contained ``report.html`` and the PNG plots, from ``results.json``.
+
+Each table is built once as plain rows (:class:`Table`) and then rendered three ways (Markdown, HTML,
+a rich table on the terminal), so the three views can never disagree. The HTML embeds its plots as
+base64 data URIs and carries its own CSS: it can be mailed or archived as one file, and opening it
+fetches nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from clues import plots
+from clues.evaluate import oracle_gain_recovered
+from clues.io import atomic_open
+
+SCORE_PLOT = "score_histograms.png"
+LOSS_PLOT = "test_loss.png"
+KEPT_PLOT = "kept_vs_clean.png"
+SELECTION_METRICS = ("precision", "recall", "f1", "accuracy", "auroc")
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def _pct(value) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def _domains(conditions: Mapping) -> list[str]:
+    return sorted({d for c in conditions.values() for d in c.get("test_loss", {})})
+
+
+def loss_table(results: Mapping) -> Table | None:
+    """Conditions x domains test loss, with the mean and the oracle gain recovered."""
+    conditions = results.get("conditions") or {}
+    if not conditions:
+        return None
+    domains = _domains(conditions)
+    rows = []
+    for name, c in conditions.items():
+        losses = c.get("test_loss", {})
+        rows.append(
+            [name] + [_num(losses.get(d)) for d in domains]
+            + [_num(c.get("mean_test_loss")), _pct(c.get("oracle_gain_recovered"))]
+        )
+    return Table(
+        "Test loss by condition",
+        ["condition"] + domains + ["mean", "oracle gain recovered"],
+        rows,
+        "Mean response-token loss on the held-out test set (lower is better). Oracle gain recovered = "
+        "(mixed - condition) / (mixed - oracle): 0% is no better than training on all records, "
+        "100% matches training on the clean records only.",
+    )
+
+
+def gain_table(results: Mapping) -> Table | None:
+    """Oracle gain recovered per domain, computed from the test losses when mixed and oracle ran."""
+    conditions = results.get("conditions") or {}
+    if "mixed" not in conditions or "oracle" not in conditions:
+        return None
+    mixed, oracle = conditions["mixed"].get("test_loss", {}), conditions["oracle"].get("test_loss", {})
+    domains = _domains(conditions)
+    rows = []
+    for name, c in conditions.items():
+        if name in ("mixed", "oracle"):
+            continue
+        gains = oracle_gain_recovered(mixed, c.get("test_loss", {}), oracle)["per_domain"]
+        rows.append([name] + [_pct(gains.get(d)) for d in domains])
+    if not rows:
+        return None
+    return Table("Oracle gain recovered per domain", ["condition"] + domains, rows,
+                 "– where clean data does not change the loss (no gain to recover).")
+
+
+def accuracy_table(results: Mapping) -> Table | None:
+    """Multiple-choice accuracy per condition and domain, when the run measured it."""
+    conditions = {}
+    for name, c in (results.get("conditions") or {}).items():
+        accuracy = c.get("mcq_accuracy") or {}
+        # {domain: float}, or MCQResult.as_dict() with the per-domain numbers under "accuracy"
+        accuracy = accuracy.get("accuracy", accuracy) if isinstance(accuracy, Mapping) else {}
+        if accuracy:
+            conditions[name] = accuracy
+    if not conditions:
+        return None
+    domains = sorted({d for acc in conditions.values() for d in acc})
+    rows = [[n] + [_pct(acc.get(d)) for d in domains] for n, acc in conditions.items()]
+    return Table("Multiple-choice accuracy", ["condition"] + domains, rows,
+                 "Share of questions whose right option has the lowest response loss.")
+
+
+def _total(entry: Mapping):
+    """Records in a silo: ``total`` in results.json, ``records`` in :func:`clues.metrics.selection_metrics`."""
+    return entry.get("total", entry.get("records"))
+
+
+def clean_fractions(results: Mapping, score_data: Mapping | None) -> dict[str, float]:
+    """True clean fraction per silo: from the labels (or labelled histogram) in ``score_data``, else
+    from the selection entry.
+
+    An entry may carry the clean count (``"clean"``, as :func:`clues.metrics.selection_metrics` gives
+    it); otherwise the fraction follows from kept * precision / recall (the clean records kept over
+    the share of clean records kept), unknown when recall is 0 or the metrics are missing.
+    """
+    fractions = {}
+    for silo, data in (score_data or {}).items():
+        clean, hist = data.get("clean"), data.get("histogram") or {}
+        if clean:
+            fractions[silo] = sum(bool(c) for c in clean) / len(clean)
+        elif "clean" in hist and sum(hist.get("all", [])):
+            fractions[silo] = sum(hist["clean"]) / sum(hist["all"])
+    for silos in (results.get("selection") or {}).values():
+        for silo, s in silos.items():
+            if silo in fractions:
+                continue
+            precision, recall, kept = (s.get(k) for k in ("precision", "recall", "kept"))
+            total = _total(s)
+            if isinstance(s.get("clean"), int) and total:
+                fractions[silo] = s["clean"] / total
+            elif precision is not None and recall and kept is not None and total:
+                fractions[silo] = kept * precision / recall / total
+    return fractions
+
+
+def selection_tables(results: Mapping, score_data: Mapping | None = None) -> list[Table]:
+    """One table per selection method: what each silo kept, at which tau, and how well when labels exist."""
+    clean = clean_fractions(results, score_data)
+    tables = []
+    for method, silos in (results.get("selection") or {}).items():
+        rows = []
+        for silo, s in silos.items():
+            kept, total = s.get("kept"), _total(s)
+            rows.append(
+                [silo, f"{kept}/{total}", _pct(kept / total if total else None), _pct(clean.get(silo)), _num(s.get("tau"), 4)]
+                + [_num(s.get(m), 3) for m in SELECTION_METRICS]
+            )
+        tables.append(Table(
+            f"Selection: {method}",
+            ["silo", "kept", "kept %", "clean %", "tau"] + list(SELECTION_METRICS),
+            rows,
+            "High quality (clean) is the positive class; – where labels were not given.",
+        ))
+    return tables
+
+
+def timing_table(results: Mapping) -> Table | None:
+    timing = results.get("timing") or {}
+    if not timing:
+        return None
+    rows = [[stage, f"{seconds:.1f}"] for stage, seconds in timing.items()]
+    if "total" not in timing:
+        rows.append(["total", f"{sum(timing.values()):.1f}"])
+    return Table("Timing", ["stage", "seconds"], rows)
+
+
+def all_tables(results: Mapping, score_data: Mapping | None = None) -> list[Table]:
+    tables = [loss_table(results), gain_table(results), accuracy_table(results)]
+    tables += selection_tables(results, score_data)
+    tables.append(timing_table(results))
+    return [t for t in tables if t is not None]
+
+
+# --- plots ----------------------------------------------------------------------------------------
+
+
+def kept_points(results: Mapping, score_data: Mapping | None) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{method: {silo: (clean fraction, kept fraction)}}`` for the silos whose clean fraction is known."""
+    clean = clean_fractions(results, score_data)
+    points = {}
+    for method, silos in (results.get("selection") or {}).items():
+        mine = {silo: (clean[silo], s["kept"] / _total(s)) for silo, s in silos.items() if silo in clean and _total(s)}
+        if mine:
+            points[method] = mine
+    return points
+
+
+def write_plots(results: Mapping, out_dir: str | os.PathLike, score_data: Mapping | None = None) -> dict[str, Path]:
+    """Draw the plots the data allows; return ``{caption: path}`` in report order."""
+    out_dir = Path(out_dir)
+    written = {}
+    if score_data:
+        plots.score_histograms(score_data, out_dir / SCORE_PLOT)
+        written["Score distribution per silo, threshold tau dashed"] = out_dir / SCORE_PLOT
+    losses = {n: c["test_loss"] for n, c in (results.get("conditions") or {}).items() if c.get("test_loss")}
+    if losses:
+        plots.loss_bars(losses, out_dir / LOSS_PLOT)
+        written["Test loss per domain by condition"] = out_dir / LOSS_PLOT
+    points = kept_points(results, score_data)
+    if points:
+        plots.kept_vs_clean(points, out_dir / KEPT_PLOT)
+        written["Kept fraction vs. true clean fraction per silo"] = out_dir / KEPT_PLOT
+    return written
+
+
+# --- renderers ------------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def table_markdown(table: Table) -> str:
+    lines = [f"## {table.title}", ""]
+    if table.note:
+        lines += [table.note, ""]
+    lines.append("| " + " | ".join(_md_cell(h) for h in table.headers) + " |")
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.headers))) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_html(table: Table) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in table.headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>\n" for row in table.rows)
+    note = f'<p class="note">{esc(table.note)}</p>\n' if table.note else ""
+    return f"<h2>{esc(table.title)}</h2>\n{note}<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+p.note { color: #555; font-size: 0.9em; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
+"""
+
+TITLE = "CLUES run report"
+
+
+def render_markdown(tables: list[Table], figures: Mapping[str, Path], config) -> str:
+    parts = [f"# {TITLE}\n"]
+    parts += [table_markdown(t) for t in tables]
+    if figures:
+        parts.append("## Plots\n")
+        parts += [f"![{caption}]({path.name})\n\n*{caption}*\n" for caption, path in figures.items()]
+    if config:
+        parts.append("## Configuration\n\n```json\n" + json.dumps(config, indent=2, ensure_ascii=False, sort_keys=True) + "\n```\n")
+    return "\n".join(parts)
+
+
+def render_html(tables: list[Table], figures: Mapping[str, Path], config) -> str:
+    parts = [
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+        f"<title>{TITLE}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>{TITLE}</h1>\n",
+    ]
+    parts += [table_html(t) for t in tables]
+    if figures:
+        parts.append("<h2>Plots</h2>\n")
+    for caption, path in figures.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        alt = html.escape(caption)
+        parts.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{alt}</figcaption></figure>\n")
+    if config:
+        text = json.dumps(config, indent=2, ensure_ascii=False, sort_keys=True)
+        parts.append(f"<h2>Configuration</h2>\n<pre>{html.escape(text)}</pre>\n")
+    parts.append("</body>\n</html>\n")
+    return "".join(parts)
+
+
+def write_report(results: Mapping, out_dir: str | os.PathLike, score_data: Mapping | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and the PNG plots into ``out_dir``; return their paths.
+
+    ``results`` follows the ``results.json`` schema (conditions, selection, timing, config; missing
+    parts are left out of the report). ``score_data`` (``{silo: {"scores": [...], "clean": [...] or
+    None, "tau": float}}``) adds the score histograms and the true clean fractions.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = all_tables(results, score_data)
+    figures = write_plots(results, out_dir, score_data)
+    config = results.get("config")
+    paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html"}
+    with atomic_open(paths["markdown"]) as handle:
+        handle.write(render_markdown(tables, figures, config))
+    with atomic_open(paths["html"]) as handle:
+        handle.write(render_html(tables, figures, config))
+    paths.update({path.stem: path for path in figures.values()})
+    return paths
+
+
+def print_summary(results: Mapping, console, score_data: Mapping | None = None) -> None:
+    """Print the test-loss table and the per-silo selection tables to a rich console."""
+    from rich.table import Table as RichTable
+
+    wanted = [loss_table(results), gain_table(results)] + selection_tables(results, score_data)
+    for table in (t for t in wanted if t is not None):
+        rich_table = RichTable(title=table.title, title_justify="left")
+        for i, header in enumerate(table.headers):
+            rich_table.add_column(header, justify="left" if i == 0 else "right")
+        for row in table.rows:
+            rich_table.add_row(*row)
+        console.print(rich_table)
