@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import List
 
 import typer
-from rich.console import Console
+from clues.commands import make_console
 
 from clues.data.records import check_file
 
 app = typer.Typer(help="Validate record files; build benchmark consortia.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = make_console()
+err = make_console(stderr=True)
 
 
 @app.command("check")

@@ -1,0 +1,170 @@
+"""The configuration of a whole `clues run`: one dataclass, loadable from TOML, overridable by flags.
+
+Every option of training, scoring, thresholding and merging is reachable from the file::
+
+    model = "default"
+    out = "runs/consortium"
+    validation = "validation.jsonl"
+    anchor = "anchor.jsonl"
+    test = "test.jsonl"
+    labels = "labels.jsonl"          # optional: known pollution (benchmarks only)
+    conditions = ["mixed", "clues", "oracle"]
+
+    [silos]
+    clinic = "silos/clinic.jsonl"
+    bank = "silos/bank.jsonl"
+
+    [train]                          # clues.train.TrainConfig fields
+    epochs = 3
+    lr = 2e-4
+
+    [score]                          # clues.scoring.engine.ScoreSettings fields
+    precondition = "adam"
+
+    [select]
+    policy = "mean"                  # or "quantile:0.25"
+    mode = "global"                  # or "per-silo"
+
+    [merge]
+    method = "ties"                  # ties | linear | dare_ties | dare_linear
+    space = "factor"                 # factor | delta
+    density = 0.2
+
+Relative paths are resolved against the folder of the TOML file. Unknown keys are errors that name
+the file and the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from clues.errors import CluesError
+from clues.scoring.engine import ScoreSettings
+from clues.select import MODES, parse_policy
+from clues.train import TrainConfig
+
+CONDITIONS = ("base", "mixed", "clues", "oracle")
+MERGE_METHODS = ("ties", "linear", "dare_ties", "dare_linear")
+MERGE_SPACES = ("factor", "delta")
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    method: str = "ties"
+    space: str = "factor"
+    density: float = 0.2
+    weights: dict[str, float] | None = None
+    delta_rank: int | str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in MERGE_METHODS:
+            raise CluesError(f"unknown merge method {self.method!r}; choose one of {', '.join(MERGE_METHODS)}")
+        if self.space not in MERGE_SPACES:
+            raise CluesError(f"unknown merge space {self.space!r}; choose one of {', '.join(MERGE_SPACES)}")
+        if not 0.0 < self.density <= 1.0:
+            raise CluesError(f"merge density must be in (0, 1], got {self.density}")
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    policy: str = "mean"
+    mode: str = "global"
+
+    def __post_init__(self):
+        parse_policy(self.policy)
+        if self.mode not in MODES:
+            raise CluesError(f"unknown threshold mode {self.mode!r}; choose one of {', '.join(MODES)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    silos: dict[str, str]
+    validation: str
+    anchor: str
+    test: str
+    labels: str | None = None
+    out: str = "clues-run"
+    model: str = "default"
+    conditions: tuple[str, ...] = ("mixed", "clues", "oracle")
+    eval_batch_size: int = 16
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+    select: SelectSettings = field(default_factory=SelectSettings)
+    merge: MergeSettings = field(default_factory=MergeSettings)
+
+    def __post_init__(self):
+        if not self.silos:
+            raise CluesError("no silo given (use --silo NAME=FILE, or a [silos] table in the config)")
+        unknown = [c for c in self.conditions if c not in CONDITIONS]
+        if unknown:
+            raise CluesError(f"unknown condition {unknown[0]!r}; choose from {', '.join(CONDITIONS)}")
+        if "oracle" in self.conditions and not self.labels:
+            object.__setattr__(self, "conditions", tuple(c for c in self.conditions if c != "oracle"))
+        if "clues" in self.conditions and "mixed" not in self.conditions:
+            # CLUES scores with the checkpoints of the warm-up run on all records: that run is 'mixed'.
+            object.__setattr__(self, "conditions", ("mixed", *self.conditions))
+        if self.train.model != self.model:
+            object.__setattr__(self, "train", replace(self.train, model=self.model))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["train"] = self.train.to_dict()
+        return data
+
+
+_SECTIONS = {"train": TrainConfig, "score": ScoreSettings, "select": SelectSettings, "merge": MergeSettings}
+_PATH_KEYS = ("validation", "anchor", "test", "labels", "out")
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise CluesError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) and k != "weights" else v for k, v in values.items()})
+    except TypeError as exc:
+        raise CluesError(f"{where}: {exc}") from exc
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a run config file into plain values (paths resolved), ready for :func:`make_config`."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CluesError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CluesError(f"{path}: invalid TOML: {exc}") from None
+    base = path.parent
+    resolve = lambda p: str((base / p).resolve()) if p is not None else None  # noqa: E731
+    for key in _PATH_KEYS:
+        if key in data:
+            data[key] = resolve(data[key])
+    if "silos" in data:
+        if not isinstance(data["silos"], dict):
+            raise CluesError(f"{path}: [silos] must be a table of NAME = \"FILE\"")
+        data["silos"] = {name: resolve(file) for name, file in data["silos"].items()}
+    data["_source"] = str(path)
+    return data
+
+
+def make_config(values: dict) -> RunConfig:
+    """Build a :class:`RunConfig` from plain values (TOML content merged with command-line flags)."""
+    where = values.pop("_source", "config")
+    values = dict(values)
+    sections = {name: values.pop(name, {}) or {} for name in _SECTIONS}
+    built = {name: _build(cls, sections[name], f"{where} [{name}]") for name, cls in _SECTIONS.items()}
+    for required in ("validation", "anchor", "test"):
+        if not values.get(required):
+            raise CluesError(f"{where}: missing {required!r} (a JSONL/JSON file of public records)")
+    known = {f.name for f in fields(RunConfig)} - set(_SECTIONS)
+    for key in values:
+        if key not in known:
+            raise CluesError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(known | set(_SECTIONS)))}")
+    if "conditions" in values:
+        values["conditions"] = tuple(values["conditions"])
+    return RunConfig(**values, **built)

@@ -1,0 +1,233 @@
+"""`clues run`: the whole method on a consortium, from the server's side of the boundary.
+
+Stages, each resumable (:mod:`clues.stages`):
+
+1. every silo trains a LoRA adapter on all its records (the ``mixed`` condition; its checkpoints
+   are also CLUES' warm-up run, as in the paper);
+2. every silo scores its records and the public anchors on its own checkpoints against the public
+   validation gradient, and reports the anchor scores and a score summary;
+3. the server sets tau from the anchor scores (global or per silo) and sends it;
+4. every silo keeps its records with score >= tau and reports counts;
+5. every silo retrains from the base model on its kept records (``clues``), and on its clean records
+   (``oracle``, benchmarks with labels only);
+6. per condition the server merges the silos' adapters (TIES by default) and evaluates the merged
+   model on the public test set, per domain;
+7. results.json and the report.
+
+The server holds only public data (validation, anchor, test) and what the silos send; silos are
+reached through :class:`~clues.channel.LocalChannel`, which moves serialized messages only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from clues import protocol
+from clues.channel import LocalChannel
+from clues.config import RunConfig
+from clues.data import load_many, load_records, record_to_json
+from clues.errors import CluesError
+from clues.io import write_json
+from clues.protocol import BoundaryLog, Message
+from clues.select import silo_thresholds
+from clues.silo import Silo
+from clues.stages import Stages, file_digest
+
+SUBSET_OF = {"mixed": "all", "clues": "kept", "oracle": "clean"}
+
+
+def _labels(path: str | None) -> dict[str, dict] | None:
+    if not path:
+        return None
+    from clues.metrics import load_labels
+
+    return load_labels(path)
+
+
+class Server:
+    """Orchestrates one run; knows the silos only by their channels."""
+
+    def __init__(self, config: RunConfig, console: Console | None = None):
+        self.config = config
+        self.console = console or Console()
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stages = Stages(self.out, self.console)
+        self.validation = load_records(config.validation)
+        self.anchor = load_records(config.anchor)
+        self.test = load_records(config.test)
+        self.public_key = {name: file_digest(getattr(config, name)) for name in ("validation", "anchor", "test")}
+        self.channels = self._open_silos()
+
+    # -- silos (simulation: they live in this process, behind the channel) ---------------------------
+    def _open_silos(self) -> dict[str, LocalChannel]:
+        labels = _labels(self.config.labels)
+        load_many(self.config.silos.values())  # ids unique across silos; every problem reported at once
+        log = BoundaryLog(self.out / "boundary_log.jsonl")
+        channels = {}
+        self.silo_digest = {}
+        for name, path in self.config.silos.items():
+            records = load_records(path)
+            silo_labels = None
+            if labels is not None:
+                missing = [r.id for r in records if r.id not in labels]
+                if missing:
+                    raise CluesError(f"{self.config.labels}: no label for record {missing[0]!r} of silo {name!r}")
+                silo_labels = {r.id: bool(labels[r.id]["clean"]) for r in records}
+            silo = Silo(name, records, self.out / "silos" / name, silo_labels, console=self.console)
+            channels[name] = LocalChannel(silo, log)
+            self.silo_digest[name] = file_digest(path)
+        return channels
+
+    def _ask(self, silo: str, kind: str, meta: dict) -> Message:
+        return self.channels[silo].request(Message(kind, meta))
+
+    # -- stages -------------------------------------------------------------------------------------
+    def train_condition(self, condition: str) -> dict:
+        """Every silo trains on its subset for ``condition``; adapters land in server/adapters/<condition>/."""
+        config = self.config.train.to_dict()
+        results = {}
+        for name in self.channels:
+            key = {"silo": self.silo_digest[name], "config": config, "condition": condition,
+                   "upstream": self._selection_key(name) if condition == "clues" else None}
+
+            def work(name=name):
+                self.console.rule(f"[bold]{condition}[/bold]: training silo {name}")
+                reply = self._ask(name, protocol.TRAIN, {"tag": condition, "subset": SUBSET_OF[condition], "config": config})
+                if reply.tensors:
+                    self._save_adapter(condition, name, reply)
+                return reply.meta
+
+            results[name] = self.stages.run(f"train-{condition}-{name}", key, work)
+        return results
+
+    def _save_adapter(self, condition: str, silo: str, reply: Message) -> Path:
+        from safetensors.torch import save_file
+
+        folder = self.out / "server" / "adapters" / condition / silo
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(reply.tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        write_json(folder / "adapter_config.json", reply.meta["adapter_config"])
+        return folder
+
+    def score(self) -> dict:
+        settings = json.loads(json.dumps(self.config.score.__dict__, default=list))
+        results = {}
+        for name in self.channels:
+            key = {"silo": self.silo_digest[name], "train": self.config.train.to_dict(), "score": settings,
+                   "public": self.public_key}
+
+            def work(name=name):
+                self.console.rule(f"[bold]scoring[/bold]: silo {name}")
+                meta = {"run": "mixed", "settings": settings,
+                        "validation": [record_to_json(r) for r in self.validation],
+                        "anchor": [record_to_json(r) for r in self.anchor]}
+                return self._ask(name, protocol.SCORE, meta).meta
+
+            results[name] = self.stages.run(f"score-{name}", key, work)
+        return results
+
+    def select(self, scores: dict) -> dict:
+        taus = silo_thresholds({n: s["anchor_scores"] for n, s in scores.items()},
+                               self.config.select.policy, self.config.select.mode)
+        self._taus = taus
+        results = {}
+        for name in self.channels:
+            key = {"tau": taus[name], "scores": scores[name]["summary"], "silo": self.silo_digest[name]}
+            results[name] = self.stages.run(
+                f"select-{name}", key, lambda name=name: self._ask(name, protocol.SELECT, {"tau": taus[name]}).meta
+            )
+        self._selection = results
+        return results
+
+    def _selection_key(self, silo: str) -> dict:
+        return {"tau": self._taus[silo], "kept": self._selection[silo]["kept"]}
+
+    def merge(self, condition: str, trained: dict) -> Path | None:
+        from clues.collab.merge import merge_adapters
+
+        merge = self.config.merge
+        silos = [n for n in self.channels if (self.out / "server" / "adapters" / condition / n).exists()
+                 and trained[n].get("records", 0) > 0]
+        if not silos:
+            return None
+        weights = [float((merge.weights or {}).get(n, 1.0)) for n in silos]
+        out = self.out / "server" / "merged" / condition
+        key = {"trained": {n: trained[n] for n in silos}, "merge": merge.__dict__, "weights": weights}
+
+        def work():
+            merge_adapters([self.out / "server" / "adapters" / condition / n for n in silos], out,
+                           method=merge.method, space=merge.space, weights=weights, density=merge.density,
+                           seed=merge.seed, delta_rank=merge.delta_rank)
+            return {"silos": silos, "weights": weights}
+
+        self.stages.run(f"merge-{condition}", key, work)
+        return out
+
+    def evaluate(self, condition: str, adapter: Path | None, upstream) -> dict:
+        """Test loss per domain (and MCQ accuracy) of the base model with ``adapter`` (None: the base alone)."""
+        key = {"condition": condition, "upstream": upstream, "test": self.public_key["test"],
+               "model": self.config.model, "train": self.config.train.to_dict()}
+
+        def work():
+            from clues.evaluate import evaluate_condition
+            from clues.model import load_model
+
+            self.console.rule(f"[bold]evaluating[/bold] {condition} on {len(self.test)} test records")
+            model, tokenizer = load_model(self.config.model)
+            if adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(adapter))
+            train = self.config.train
+            return evaluate_condition(model, tokenizer, self.test, train.max_length, self.config.eval_batch_size,
+                                      train.template, console=self.console)
+
+        return self.stages.run(f"evaluate-{condition}", key, work)
+
+    # -- the whole run --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from clues.evaluate import add_oracle_gain
+
+        started = time.perf_counter()
+        conditions = self.config.conditions
+        trained, selection, scores = {}, {}, {}
+        if "mixed" in conditions:
+            trained["mixed"] = self.train_condition("mixed")
+        if "clues" in conditions:
+            scores = self.score()
+            selection = self.select(scores)
+            trained["clues"] = self.train_condition("clues")
+        if "oracle" in conditions:
+            trained["oracle"] = self.train_condition("oracle")
+        evaluated = {}
+        if "base" in conditions:
+            evaluated["base"] = self.evaluate("base", None, None)
+        for condition, per_silo in trained.items():
+            merged = self.merge(condition, per_silo)
+            evaluated[condition] = self.evaluate(condition, merged, per_silo)
+        add_oracle_gain(evaluated)
+        results = {
+            "conditions": evaluated,
+            "selection": {"clues": {n: {**sel, "auroc": sel.get("auroc"), "tau": sel["tau"]} for n, sel in selection.items()}} if selection else {},
+            "scores": {n: {k: s[k] for k in ("summary", "histogram", "checkpoints", "etas") if k in s} for n, s in scores.items()},
+            "training": trained,
+            "timing": {**self.stages.timing, "total": round(time.perf_counter() - started, 3)},
+            "config": self.config.to_dict(),
+        }
+        write_json(self.out / "results.json", results)
+        self._report(results)
+        return results
+
+    def _report(self, results: dict) -> None:
+        from clues.report import write_report
+
+        score_data = {
+            name: {"histogram": s["histogram"], "tau": results["selection"]["clues"][name]["tau"]}
+            for name, s in results["scores"].items()
+        } if results.get("selection") else None
+        write_report(results, self.out, score_data)

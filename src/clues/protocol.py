@@ -1,0 +1,87 @@
+"""The messages that cross the privacy boundary between the server and a silo.
+
+A message is a kind, a JSON-able ``meta`` dictionary and named tensors; on the wire it is one
+safetensors blob whose header metadata carries the kind and the JSON. Every transport (the
+in-process channel, the Flower ClientApp) moves exactly these bytes, so the boundary test that
+inspects them covers every deployment.
+
+What a silo may send out: adapter tensors, counts, summaries and scores of *public* records
+(anchors). What it never sends: its records' text, token ids or ids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from clues.errors import CluesError
+
+# Server -> silo requests.
+TRAIN = "train"  # fine-tune a LoRA adapter on a subset of the silo's records
+SCORE = "score"  # score own records (and the public anchors) on the silo's own checkpoints
+SELECT = "select"  # keep the records with score >= tau
+# Silo -> server replies.
+ADAPTER = "adapter"
+SCORES = "scores"
+SELECTION = "selection"
+ERROR = "error"
+
+KINDS = (TRAIN, SCORE, SELECT, ADAPTER, SCORES, SELECTION, ERROR)
+
+
+@dataclass
+class Message:
+    kind: str
+    meta: dict = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise CluesError(f"unknown message kind {self.kind!r}")
+
+    def to_bytes(self) -> bytes:
+        """Serialize: tensors as safetensors, kind and meta as JSON in its header metadata."""
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in self.tensors.items()}
+        header = {"kind": self.kind, "meta": json.dumps(self.meta, ensure_ascii=False, sort_keys=True)}
+        return save_tensors(tensors, metadata=header)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "Message":
+        header_len = int.from_bytes(blob[:8], "little")
+        metadata = json.loads(blob[8 : 8 + header_len]).get("__metadata__", {})
+        return cls(kind=metadata["kind"], meta=json.loads(metadata["meta"]), tensors=load_tensors(blob))
+
+
+class BoundaryLog:
+    """One JSON line per message crossing the boundary: round, direction, kind, payload keys, bytes."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, silo: str, direction: str, message: Message, size: int, round: int | None = None) -> None:
+        if not self.path:
+            return
+        row = {
+            "time": round_time(),
+            "round": round,
+            "silo": silo,
+            "direction": direction,
+            "kind": message.kind,
+            "meta_keys": sorted(message.meta),
+            "tensor_keys": len(message.tensors),
+            "bytes": size,
+        }
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def round_time() -> float:
+    return round(time.time(), 3)

@@ -1,0 +1,196 @@
+"""A silo: the only holder of its private records.
+
+The server reaches a silo only through :meth:`Silo.handle`, one :class:`~clues.protocol.Message` in,
+one out. Requests carry public things (training and scoring settings, the public validation and
+anchor records, the threshold); replies carry adapter tensors, counts and summaries, and the scores
+of the *public* anchor records. Record text, token ids and record ids stay in the silo's work folder
+(its scores and kept subset are written there, for the silo's own use).
+
+Ground-truth labels exist only in simulated benchmarks: when given, the silo computes selection
+metrics itself and reports only the aggregates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import load_file
+
+from clues import protocol
+from clues.data import Record, record_from_dict, record_to_json
+from clues.errors import CluesError
+from clues.io import write_json, write_jsonl
+from clues.metrics import roc_auc, selection_metrics
+from clues.protocol import Message
+from clues.select import select, summary
+from clues.train import TrainConfig, train
+
+HISTOGRAM_BINS = 30
+
+
+def _config_from(meta: dict, cls):
+    known = {f.name for f in fields(cls)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in known}
+    return cls(**values)
+
+
+def _records_digest(records: list[Record]) -> str:
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(record.id.encode("utf-8") + b"\x00")
+    return digest.hexdigest()[:12]
+
+
+def score_histogram(scores: list[float], clean: list[bool] | None, bins: int = HISTOGRAM_BINS) -> dict:
+    """Binned counts of a silo's scores (split by the true label when known): a summary, not the scores."""
+    finite = [s for s in scores if math.isfinite(s)]
+    if not finite:
+        return {"edges": [], "all": []}
+    low, high = min(finite), max(finite)
+    if high == low:
+        high = low + 1e-12
+    edges = [low + (high - low) * i / bins for i in range(bins + 1)]
+
+    def counts(values):
+        out = [0] * bins
+        for value in values:
+            if math.isfinite(value):
+                out[min(int((value - low) / (high - low) * bins), bins - 1)] += 1
+        return out
+
+    hist = {"edges": edges, "all": counts(scores)}
+    if clean is not None:
+        hist["clean"] = counts([s for s, c in zip(scores, clean) if c])
+        hist["corrupted"] = counts([s for s, c in zip(scores, clean) if not c])
+    return hist
+
+
+class Silo:
+    """One data holder. ``labels`` (id -> clean) only in simulations with known pollution."""
+
+    def __init__(self, name: str, records: list[Record], workdir: str | Path,
+                 labels: Mapping[str, bool] | None = None, console=None):
+        if not records:
+            raise CluesError(f"silo {name!r} has no records")
+        self.name = name
+        self._records = list(records)
+        self._workdir = Path(workdir)
+        self._labels = dict(labels) if labels is not None else None
+        if self._labels is not None:
+            missing = [r.id for r in self._records if r.id not in self._labels]
+            if missing:
+                raise CluesError(f"silo {name!r}: {len(missing)} records have no label (e.g. {missing[0]!r})")
+        self._console = console
+        self._scores: list[float] | None = None
+        self._kept: list[Record] | None = None
+        self.domains = tuple(sorted({r.domain for r in self._records if r.domain}))
+
+    # -- the one entry point --------------------------------------------------------------------
+    def handle(self, message: Message) -> Message:
+        handlers = {protocol.TRAIN: self._train, protocol.SCORE: self._score, protocol.SELECT: self._select}
+        if message.kind not in handlers:
+            raise CluesError(f"silo {self.name!r} cannot answer a {message.kind!r} message")
+        return handlers[message.kind](message.meta)
+
+    # -- handlers ---------------------------------------------------------------------------------
+    def _subset(self, which: str) -> list[Record]:
+        if which == "all":
+            return self._records
+        if which == "kept":
+            if self._kept is None:
+                kept_file = self._workdir / "kept.jsonl"
+                if not kept_file.exists():
+                    raise CluesError(f"silo {self.name!r}: no selection yet; score and select first")
+                self._kept = self._load_private(kept_file)
+            return self._kept
+        if which == "clean":
+            if self._labels is None:
+                raise CluesError("the oracle condition needs labels (--labels)")
+            return [r for r in self._records if self._labels[r.id]]
+        raise CluesError(f"unknown record subset {which!r}")
+
+    def _load_private(self, path: Path) -> list[Record]:
+        with open(path, encoding="utf-8") as handle:
+            return [record_from_dict(json.loads(line), str(path), n) for n, line in enumerate(handle, 1) if line.strip()]
+
+    def _run_dir(self, tag: str, records: list[Record], config: TrainConfig) -> Path:
+        """One folder per (tag, data, config): a changed subset or config never collides with an old run."""
+        key = hashlib.sha256(json.dumps([_records_digest(records), config.to_dict()], sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return self._workdir / "runs" / f"{tag}-{key}"
+
+    def _train(self, meta: dict) -> Message:
+        config = _config_from(meta["config"], TrainConfig)
+        records = self._subset(meta.get("subset", "all"))
+        reply = {"tag": meta["tag"], "records": len(records)}
+        if not records:
+            return Message(protocol.ADAPTER, reply)
+        run_dir = self._run_dir(meta["tag"], records, config)
+        final = train(config, records, run_dir, console=self._console)
+        (self._workdir / "runs" / f"{meta['tag']}.latest").write_text(run_dir.name, encoding="utf-8")
+        reply["train_loss"] = json.loads((final / "trainer_meta.json").read_text())["train_loss"]
+        reply["adapter_config"] = json.loads((final / "adapter_config.json").read_text())
+        tensors = load_file(str(final / "adapter_model.safetensors")) if meta.get("return_adapter", True) else {}
+        return Message(protocol.ADAPTER, reply, tensors)
+
+    def _score(self, meta: dict) -> Message:
+        from clues.scoring.engine import ScoreSettings, score_run
+
+        latest = self._workdir / "runs" / f"{meta['run']}.latest"
+        if not latest.exists():
+            raise CluesError(f"silo {self.name!r}: no training run {meta['run']!r} to score with")
+        run_dir = self._workdir / "runs" / latest.read_text(encoding="utf-8").strip()
+        validation = [record_from_dict(r, "validation", n) for n, r in enumerate(meta["validation"], 1)]
+        anchors = [record_from_dict(r, "anchor", n) for n, r in enumerate(meta["anchor"], 1)]
+        settings = _config_from(meta.get("settings", {}), ScoreSettings)
+        if settings.domains is None and self.domains:
+            settings = replace(settings, domains=self.domains)
+        result = score_run(run_dir, {"data": self._records, "anchor": anchors}, validation, settings, console=self._console)
+        scores = result.total("data").tolist()
+        self._scores = scores
+        per_checkpoint = result.per_checkpoint["data"].tolist()
+        write_jsonl(self._workdir / "scores.jsonl", (
+            {"id": r.id, "score": s, "per_checkpoint": pc} for r, s, pc in zip(self._records, scores, per_checkpoint)
+        ))
+        clean = [self._labels[r.id] for r in self._records] if self._labels is not None else None
+        values = torch.tensor(scores, dtype=torch.float64)
+        reply = {
+            "anchor_scores": result.total("anchor").tolist(),
+            "checkpoints": result.checkpoints,
+            "etas": result.etas,
+            "summary": {
+                "count": len(scores),
+                "mean": float(values.mean()),
+                "std": float(values.std()) if len(scores) > 1 else 0.0,
+                "quantiles": {str(q): float(torch.quantile(values, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
+            },
+            "histogram": score_histogram(scores, clean),
+        }
+        if clean is not None:
+            reply["auroc"] = roc_auc(scores, clean)
+        return Message(protocol.SCORES, reply)
+
+    def _select(self, meta: dict) -> Message:
+        if self._scores is None:
+            scores_file = self._workdir / "scores.jsonl"
+            if not scores_file.exists():
+                raise CluesError(f"silo {self.name!r}: no scores yet; score first")
+            with open(scores_file, encoding="utf-8") as handle:
+                self._scores = [json.loads(line)["score"] for line in handle if line.strip()]
+        tau = float(meta["tau"])
+        decisions = select(self._scores, tau)
+        self._kept = [r for r, keep in zip(self._records, decisions) if keep]
+        write_jsonl(self._workdir / "kept.jsonl", (record_to_json(r) for r in self._kept))
+        reply = {"tau": tau, **summary(decisions)}
+        if self._labels is not None:
+            clean = [self._labels[r.id] for r in self._records]
+            reply["clean_total"] = sum(clean)
+            reply.update(selection_metrics(decisions, clean))
+            reply["auroc"] = roc_auc(self._scores, clean)
+        write_json(self._workdir / "selection.json", reply)
+        return Message(protocol.SELECTION, reply)

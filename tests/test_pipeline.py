@@ -1,0 +1,133 @@
+"""`clues run` end to end on a tiny model: the privacy boundary, resumption and the outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from rich.console import Console
+
+from clues import protocol
+from clues.config import make_config
+from clues.data.build import build_benchmark
+from clues.io import read_jsonl, write_jsonl
+from clues.pipeline import Server
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    """Two small silos cut from the shipped `mixed` benchmark (real text, real corruptions)."""
+    root = tmp_path_factory.mktemp("consortium")
+    bench = root / "bench"
+    build_benchmark("mixed", bench, seed=0)
+    small = root / "small"
+    silos = {}
+    for name in ("clinic", "bank"):
+        rows = read_jsonl(bench / "silos" / f"{name}.jsonl")[:16]
+        write_jsonl(small / f"{name}.jsonl", rows)
+        silos[name] = str(small / f"{name}.jsonl")
+    public = {}
+    for name, count in (("validation", 3), ("anchor", 2), ("test", 3)):
+        rows = read_jsonl(bench / f"{name}.jsonl")
+        by_domain = {}
+        for row in rows:
+            by_domain.setdefault(row["domain"], []).append(row)
+        write_jsonl(small / f"{name}.jsonl", [r for d in sorted(by_domain) for r in by_domain[d][:count]])
+        public[name] = str(small / f"{name}.jsonl")
+    write_jsonl(small / "labels.jsonl", read_jsonl(bench / "labels.jsonl"))
+    return silos, public, str(small / "labels.jsonl")
+
+
+def _config(consortium, model_dir, out):
+    silos, public, labels = consortium
+    return make_config({
+        "silos": silos, **public, "labels": labels, "model": str(model_dir), "out": str(out),
+        "train": {"epochs": 2, "batch_size": 8, "max_length": 96},
+        "score": {"batch_size": 8},
+    })
+
+
+def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    crossed: list[tuple[str, str, bytes]] = []
+    original = __import__("clues.channel", fromlist=["LocalChannel"]).LocalChannel.__init__
+
+    def tapped(self, silo, log=None, tap=None):
+        original(self, silo, log, tap=lambda name, direction, blob: crossed.append((name, direction, blob)))
+
+    monkeypatch.setattr("clues.channel.LocalChannel.__init__", tapped)
+    out = tmp_path / "run"
+    config = _config(consortium, tiny_model_dir, out)
+    results = Server(config, Console(quiet=True)).run()
+
+    # -- outputs ---------------------------------------------------------------------------------
+    for name in ("results.json", "report.md", "report.html", "boundary_log.jsonl"):
+        assert (out / name).exists(), name
+    assert set(results["conditions"]) == {"mixed", "clues", "oracle"}
+    assert set(results["selection"]["clues"]) == {"clinic", "bank"}
+    for entry in results["selection"]["clues"].values():
+        assert entry["total"] == 16 and 0 <= entry["kept"] <= 16 and entry["tau"] == results["selection"]["clues"]["bank"]["tau"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["conditions"]["mixed"]["test_loss"] == results["conditions"]["mixed"]["test_loss"]
+
+    # -- the boundary ------------------------------------------------------------------------------
+    silos, _, _ = consortium
+    private = [row for path in silos.values() for row in read_jsonl(path)]
+    outgoing = [protocol.Message.from_bytes(blob) for _, direction, blob in crossed if direction == "silo->server"]
+    assert {m.kind for m in outgoing} == {protocol.ADAPTER, protocol.SCORES, protocol.SELECTION}
+    texts = []
+    for message in outgoing:
+        texts.append(json.dumps(message.meta, ensure_ascii=False))
+        for name, tensor in message.tensors.items():
+            texts.append(name)
+            assert tensor.is_floating_point(), f"integer tensor {name} crossed the boundary"
+    wire = "\n".join(texts)
+    raw_wire = b"\n".join(blob for _, direction, blob in crossed if direction == "silo->server")
+    for row in private:
+        assert row["id"] not in wire and row["id"].encode() not in raw_wire
+        for field in ("instruction", "input", "output"):
+            snippet = row[field].strip()[:40]
+            if len(snippet) >= 12 and field != "instruction":  # instructions are shared templates
+                assert snippet not in wire and snippet.encode() not in raw_wire, (field, snippet)
+    # no sequence of the silos' token ids appears among the integers of any outgoing payload
+    integers = [int(x) for x in re.findall(r"(?<![\d.eE+-])-?\d+(?![\d.eE])", wire)]
+    for row in private[:8]:
+        ids = tiny_tokenizer(row["output"], add_special_tokens=False)["input_ids"][:6]
+        assert len(ids) == 6
+        assert not any(integers[i : i + 6] == ids for i in range(len(integers) - 5))
+    log = read_jsonl(out / "boundary_log.jsonl")
+    assert len(log) == len(crossed) and {r["direction"] for r in log} == {"server->silo", "silo->server"}
+
+    # -- resume: a rerun with the same inputs and config asks the silos nothing ---------------------
+    crossed.clear()
+    again = Server(config, Console(quiet=True)).run()
+    assert crossed == []
+    assert again["conditions"] == results["conditions"]
+    # a changed option reruns what depends on it (here: the threshold, so selection and retraining)
+    changed = make_config({**json.loads(json.dumps(_raw(consortium, tiny_model_dir, out))), "select": {"policy": "quantile:0.0"}})
+    third = Server(changed, Console(quiet=True)).run()
+    assert {m for _, _, b in crossed for m in [protocol.Message.from_bytes(b).kind]} >= {protocol.SELECT, protocol.TRAIN}
+    assert protocol.SCORE not in {protocol.Message.from_bytes(b).kind for _, _, b in crossed}
+    assert all(e["kept"] == e["total"] or e["kept"] >= 1 for e in third["selection"]["clues"].values())
+
+
+def _raw(consortium, model_dir, out):
+    silos, public, labels = consortium
+    return {"silos": silos, **public, "labels": labels, "model": str(model_dir), "out": str(out),
+            "train": {"epochs": 2, "batch_size": 8, "max_length": 96}, "score": {"batch_size": 8}}
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    from clues.config import load_toml
+    from clues.errors import CluesError
+
+    bad = tmp_path / "c.toml"
+    bad.write_text('validation = "v.jsonl"\nanchor = "a.jsonl"\ntest = "t.jsonl"\n[silos]\na = "a.jsonl"\n[train]\nepoch = 3\n')
+    with pytest.raises(CluesError, match=r"c.toml \[train\]: unknown key 'epoch'"):
+        make_config(load_toml(bad))
+    bad.write_text('validation = "v.jsonl"\n[silos]\na = "a.jsonl"\n')
+    with pytest.raises(CluesError, match="missing 'anchor'"):
+        make_config(load_toml(bad))
+    bad.write_text("validation = \n")
+    with pytest.raises(CluesError, match="invalid TOML"):
+        load_toml(bad)
