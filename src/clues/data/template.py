@@ -54,7 +54,8 @@ def render_prompt(record: Record, tokenizer=None, template: str = "alpaca") -> s
 
 
 def _ids(tokenizer, text: str, special: bool) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    # verbose=False: the full text may exceed model_max_length before `encode` truncates it (reported there).
+    return list(tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
 
 def _cut_prompt(prompt: list[int], budget: int) -> list[int]:

@@ -1,0 +1,198 @@
+"""Training checkpoints: what training leaves behind for scoring, in formats the ecosystem reads.
+
+A checkpoint is a folder ``RUN/checkpoint-<step>/`` holding
+
+- ``adapter_config.json`` + ``adapter_model.safetensors``: the LoRA adapter, as written by PEFT's
+  ``save_pretrained`` (anyone can load it with ``peft.PeftModel.from_pretrained`` on the base model);
+- ``optimizer.safetensors``: the AdamW moments, tensors ``<parameter name>.exp_avg`` and
+  ``<parameter name>.exp_avg_sq``, names exactly as in ``named_parameters()`` of the PeftModel.
+  CLUES' Adam direction needs them (CLUES.md section 2);
+- ``resume_state.safetensors``: the global torch RNG state (LoRA dropout draws from it), so a resumed
+  run makes the same draws as an uninterrupted one;
+- ``trainer_meta.json``: ``step``, ``epoch``, ``lr``, ``lr_mean``, ``train_loss``, the base model,
+  the training config and the data fingerprint. It is written last.
+
+Every checkpoint is written into a hidden temporary folder and renamed into place, and only folders
+named ``checkpoint-<int>`` that hold ``trainer_meta.json`` count as checkpoints, so a training run
+killed while saving never leaves something that :func:`list_checkpoints` would take for finished.
+
+Readers (the scoring engine, resume) use only the functions of this module, so the layout can be
+changed in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clues.errors import CluesError
+
+PREFIX = "checkpoint-"
+META_FILE = "trainer_meta.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RESUME_FILE = "resume_state.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
+TMP_PREFIX = ".tmp-checkpoint-"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_step(ckpt_dir: str | os.PathLike) -> int:
+    """The optimizer step of a checkpoint folder, from its name."""
+    match = _NAME.match(Path(ckpt_dir).name)
+    if not match:
+        raise CluesError(f"{ckpt_dir} is not a checkpoint folder (expected a name like checkpoint-<step>)")
+    return int(match.group(1))
+
+
+def is_complete(ckpt_dir: str | os.PathLike) -> bool:
+    """True for a finished checkpoint: a ``checkpoint-<step>`` folder holding its metadata file."""
+    path = Path(ckpt_dir)
+    return bool(_NAME.match(path.name)) and (path / META_FILE).is_file()
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints of a training run, in step order (an empty list if there are none)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and is_complete(p)]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or ``None``."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint_meta(ckpt_dir: str | os.PathLike) -> dict:
+    """The ``trainer_meta.json`` of a checkpoint (step, epoch, lr, lr_mean, train_loss, base_model, config...)."""
+    path = Path(ckpt_dir) / META_FILE
+    if not path.is_file():
+        raise CluesError(f"{ckpt_dir} is not a complete checkpoint (no {META_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def moment_tensors(model, optimizer) -> dict[str, torch.Tensor]:
+    """AdamW moments keyed ``<name>.exp_avg`` / ``<name>.exp_avg_sq`` for every trainable parameter.
+
+    A trainable parameter without optimizer state (no step taken yet) gets zero moments, which is
+    exactly AdamW's initial state, so the file always covers every trainable parameter.
+    """
+    tensors = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        state = optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            value = state.get(key)
+            tensors[f"{name}.{key}"] = (value if value is not None else torch.zeros_like(param)).detach().cpu().contiguous()
+    return tensors
+
+
+def load_moments(ckpt_dir: str | os.PathLike) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{parameter name: (exp_avg, exp_avg_sq)}`` of a checkpoint, names as in ``named_parameters()``."""
+    tensors = load_file(str(Path(ckpt_dir) / OPTIMIZER_FILE))
+    moments = {}
+    for key in tensors:
+        if key.endswith(".exp_avg"):
+            name = key[: -len(".exp_avg")]
+            second = tensors.get(f"{name}.exp_avg_sq")
+            if second is None:
+                raise CluesError(f"{ckpt_dir}/{OPTIMIZER_FILE}: {name}.exp_avg has no matching .exp_avg_sq")
+            moments[name] = (tensors[key], second)
+    return moments
+
+
+def load_adapter(model, ckpt_dir: str | os.PathLike) -> None:
+    """Load a checkpoint's adapter weights into a PeftModel built with the same LoRA settings.
+
+    Cheaper than ``PeftModel.from_pretrained`` when one model visits many checkpoints (scoring).
+    Missing or unexpected adapter tensors raise: a silently partial load would score with a mix of
+    two checkpoints.
+    """
+    from peft import set_peft_model_state_dict
+
+    state = load_file(str(Path(ckpt_dir) / ADAPTER_FILE))
+    result = set_peft_model_state_dict(model, state)
+    missing = [k for k in result.missing_keys if ".lora_" in k]
+    if missing or result.unexpected_keys:
+        raise CluesError(
+            f"{ckpt_dir}: adapter does not match the model's LoRA settings "
+            f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(result.unexpected_keys[:3]) or '-'})"
+        )
+
+
+def load_rng_state(ckpt_dir: str | os.PathLike) -> torch.Tensor:
+    """The global torch RNG state saved with a checkpoint (for resuming)."""
+    return load_file(str(Path(ckpt_dir) / RESUME_FILE))["torch_rng_state"]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for item in path.iterdir():
+        if item.is_file():
+            with open(item, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(path)
+
+
+def remove_partial(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary folders left by a run killed while saving; return what was removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    if run_dir.is_dir():
+        for item in run_dir.iterdir():
+            if item.is_dir() and item.name.startswith(TMP_PREFIX):
+                shutil.rmtree(item, ignore_errors=True)
+                removed.append(item)
+    return removed
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, meta: dict) -> Path:
+    """Write ``run_dir/checkpoint-<step>/`` atomically and return its path.
+
+    ``model`` is the PeftModel, ``optimizer`` its AdamW, ``meta`` the content of ``trainer_meta.json``
+    (``step`` is set here). Everything goes into a temporary folder first, metadata last, then one
+    ``rename`` publishes it.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"{PREFIX}{step}"
+    tmp = run_dir / f"{TMP_PREFIX}{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(str(tmp))
+        save_file(moment_tensors(model, optimizer), str(tmp / OPTIMIZER_FILE))
+        save_file({"torch_rng_state": torch.get_rng_state()}, str(tmp / RESUME_FILE))
+        meta = {**meta, "step": step}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _fsync_tree(tmp)
+        if final.exists():  # only reachable if someone hand-made this folder; replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
