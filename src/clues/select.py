@@ -1,0 +1,89 @@
+"""Threshold policies and selection (CLUES.md section 3).
+
+The server scores the public anchor records exactly like training records and sets tau from their
+scores; each silo keeps its records with ``S(z) >= tau``. Because tau is one number and not a keep
+ratio, a heavily polluted silo keeps few records and a clean one keeps most. What a silo reports
+outward is :func:`summary` (counts), never its records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from clues.errors import CluesError
+
+MODES = ("global", "per-silo")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``mean`` of the anchor scores (the paper's choice) or ``quantile`` ``q`` of them."""
+
+    kind: str = "mean"
+    q: float | None = None
+
+    def __str__(self) -> str:
+        return "mean" if self.kind == "mean" else f"quantile:{self.q:g}"
+
+
+def parse_policy(text: str) -> Policy:
+    """``"mean"`` or ``"quantile:q"`` with 0 <= q <= 1."""
+    text = (text or "").strip()
+    if text == "mean":
+        return Policy("mean")
+    if text.startswith("quantile:"):
+        try:
+            q = float(text.split(":", 1)[1])
+        except ValueError:
+            q = math.nan
+        if not 0.0 <= q <= 1.0:
+            raise CluesError(f"threshold policy {text!r}: q must be a number in [0, 1]")
+        return Policy("quantile", q)
+    raise CluesError(f"unknown threshold policy {text!r}; use 'mean' or 'quantile:q' (e.g. quantile:0.25)")
+
+
+def threshold(anchor_scores: Sequence[float], policy: Policy | str = "mean") -> float:
+    """tau from anchor scores: their mean, or their q-quantile (linear interpolation between order statistics)."""
+    policy = parse_policy(policy) if isinstance(policy, str) else policy
+    values = sorted(float(s) for s in anchor_scores)
+    if not values:
+        raise CluesError("no anchor scores to set a threshold from")
+    if any(not math.isfinite(v) for v in values):
+        raise CluesError("an anchor score is not finite; cannot set a threshold")
+    if policy.kind == "mean":
+        return math.fsum(values) / len(values)
+    position = policy.q * (len(values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (position - low)
+
+
+def silo_thresholds(
+    anchor_scores: Mapping[str, Sequence[float]], policy: Policy | str = "mean", mode: str = "global"
+) -> dict[str, float]:
+    """tau per silo from each silo's anchor scores (anchors scored on that silo's own checkpoints).
+
+    ``global``: one tau from all anchor scores pooled, sent to every silo (in federated mode the
+    checkpoints are shared and this is the only meaningful choice). ``per-silo``: each silo's tau from
+    its own anchor scores (merging mode, where every silo trains on its own checkpoints).
+    """
+    if mode not in MODES:
+        raise CluesError(f"unknown threshold mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "per-silo":
+        return {silo: threshold(scores, policy) for silo, scores in anchor_scores.items()}
+    tau = threshold([s for scores in anchor_scores.values() for s in scores], policy)
+    return {silo: tau for silo in anchor_scores}
+
+
+def select(scores: Sequence[float], tau: float) -> list[bool]:
+    """Keep decision per record: ``score >= tau`` (a NaN score is never kept)."""
+    return [float(s) >= tau for s in scores]
+
+
+def summary(decisions: Sequence[bool]) -> dict:
+    """What a silo may report about its selection: counts only."""
+    kept = sum(1 for d in decisions if d)
+    total = len(decisions)
+    return {"kept": kept, "total": total, "kept_ratio": kept / total if total else 0.0}
