@@ -9,6 +9,10 @@ import typer
 from rich.console import Console
 
 from clues.commands import data as data_commands
+from clues.commands import federate as federate_commands
+from clues.commands import run as run_commands
+from clues.commands import score as score_commands
+from clues.commands import train as train_commands
 from clues.errors import CluesError
 
 app = typer.Typer(
@@ -17,10 +21,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_commands.app, name="data")
+app.command("score")(score_commands.score)
+app.command("select")(score_commands.select)
+app.command("train")(train_commands.train)
+app.command("run")(run_commands.run)
+app.command("demo")(run_commands.demo)
+app.command("federate")(federate_commands.federate)
 
 
 def main() -> None:
     """Entry point: user errors print as one clear message and exit 1, without a traceback."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own rich bars show progress; tqdm's would interleave
     try:
         code = app(standalone_mode=False)
     except CluesError as exc:

@@ -145,3 +145,20 @@ def kept_vs_clean(points: Mapping[str, Mapping[str, tuple[float, float]]], path:
     ax.legend(fontsize="small", loc="upper left")
     fig.tight_layout()
     _save(fig, path)
+
+
+def round_curves(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLike) -> None:
+    """Per-round global test loss of each federated condition (``{condition: [{"round", "mean_test_loss"}]}``)."""
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
+    for k, (condition, points) in enumerate(curves.items()):
+        xs = [p["round"] for p in points if p.get("mean_test_loss") is not None]
+        ys = [p["mean_test_loss"] for p in points if p.get("mean_test_loss") is not None]
+        ax.plot(xs, ys, marker="o", markersize=3, color=PALETTE[k % len(PALETTE)], label=condition)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("FedAvg round")
+    ax.set_ylabel("global test loss (macro mean over domains)")
+    ax.set_title("Federated: global model's held-out loss after each round")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)

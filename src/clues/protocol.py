@@ -26,13 +26,18 @@ from clues.errors import CluesError
 TRAIN = "train"  # fine-tune a LoRA adapter on a subset of the silo's records
 SCORE = "score"  # score own records (and the public anchors) on the silo's own checkpoints
 SELECT = "select"  # keep the records with score >= tau
+# Federated mode (clues.silo_federated): the global model travels with every request.
+HELLO = "hello"  # who are you? (name and record count only)
+FIT = "fit"  # a few local optimizer steps from the global adapter; reply the updated adapter
+FED_SCORE = "fed-score"  # score own records at the global adapter along a validation direction, keep the sum here
 # Silo -> server replies.
 ADAPTER = "adapter"
 SCORES = "scores"
 SELECTION = "selection"
+INFO = "info"
 ERROR = "error"
 
-KINDS = (TRAIN, SCORE, SELECT, ADAPTER, SCORES, SELECTION, ERROR)
+KINDS = (TRAIN, SCORE, SELECT, HELLO, FIT, FED_SCORE, ADAPTER, SCORES, SELECTION, INFO, ERROR)
 
 
 @dataclass
@@ -66,7 +71,9 @@ class BoundaryLog:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def record(self, silo: str, direction: str, message: Message, size: int, round: int | None = None) -> None:
+    def record(self, silo: str, direction: str, message: Message, size: int, round: int | None = None,
+               **extra) -> None:
+        """``extra``: transport details (e.g. Flower's message type and record names) added to the row."""
         if not self.path:
             return
         row = {
@@ -78,6 +85,7 @@ class BoundaryLog:
             "meta_keys": sorted(message.meta),
             "tensor_keys": len(message.tensors),
             "bytes": size,
+            **extra,
         }
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")

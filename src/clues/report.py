@@ -24,6 +24,7 @@ from clues.io import atomic_open
 SCORE_PLOT = "score_histograms.png"
 LOSS_PLOT = "test_loss.png"
 KEPT_PLOT = "kept_vs_clean.png"
+ROUNDS_PLOT = "federated_rounds.png"
 SELECTION_METRICS = ("precision", "recall", "f1", "accuracy", "auroc")
 
 
@@ -78,18 +79,24 @@ def loss_table(results: Mapping) -> Table | None:
 
 
 def gain_table(results: Mapping) -> Table | None:
-    """Oracle gain recovered per domain, computed from the test losses when mixed and oracle ran."""
+    """Oracle gain recovered per domain, computed from the test losses when mixed and oracle ran.
+
+    Merging conditions are measured against ``mixed``/``oracle``, federated ones (``fl-*``) against
+    ``fl-mixed``/``fl-oracle``: each family against its own references.
+    """
     conditions = results.get("conditions") or {}
-    if "mixed" not in conditions or "oracle" not in conditions:
-        return None
-    mixed, oracle = conditions["mixed"].get("test_loss", {}), conditions["oracle"].get("test_loss", {})
     domains = _domains(conditions)
     rows = []
-    for name, c in conditions.items():
-        if name in ("mixed", "oracle"):
+    for prefix in ("", "fl-"):
+        mixed_name, oracle_name = f"{prefix}mixed", f"{prefix}oracle"
+        if mixed_name not in conditions or oracle_name not in conditions:
             continue
-        gains = oracle_gain_recovered(mixed, c.get("test_loss", {}), oracle)["per_domain"]
-        rows.append([name] + [_pct(gains.get(d)) for d in domains])
+        mixed, oracle = conditions[mixed_name].get("test_loss", {}), conditions[oracle_name].get("test_loss", {})
+        for name, c in conditions.items():
+            if name in (mixed_name, oracle_name) or name.startswith("fl-") != bool(prefix):
+                continue
+            gains = oracle_gain_recovered(mixed, c.get("test_loss", {}), oracle)["per_domain"]
+            rows.append([name] + [_pct(gains.get(d)) for d in domains])
     if not rows:
         return None
     return Table("Oracle gain recovered per domain", ["condition"] + domains, rows,
@@ -177,8 +184,45 @@ def timing_table(results: Mapping) -> Table | None:
     return Table("Timing", ["stage", "seconds"], rows)
 
 
+def federated_rounds_table(results: Mapping) -> Table | None:
+    """Global test loss after each FedAvg round, one column per federated condition."""
+    curves = (results.get("federated") or {}).get("curves") or {}
+    if not curves:
+        return None
+    rounds = sorted({p["round"] for points in curves.values() for p in points})
+    by_round = {c: {p["round"]: p.get("mean_test_loss") for p in points} for c, points in curves.items()}
+    rows = [[str(r)] + [_num(by_round[c].get(r)) for c in curves] for r in rounds]
+    fed = results["federated"]
+    note = (f"Macro-mean test loss of the global adapter after each round ({fed.get('engine', '?')} engine, "
+            f"{len(fed.get('silos', []))} silos). ")
+    failures = fed.get("failures") or []
+    if failures:
+        note += f"{len(failures)} silo replies were missing (failed or timed out); those rounds went on without them."
+    return Table("Federated: global test loss per round", ["round"] + list(curves), rows, note)
+
+
+# Merging-mode condition -> its federated counterpart.
+_PAIRS = (("mixed", "fl-mixed"), ("clues", "fl-clues"), ("oracle", "fl-oracle"))
+
+
+def merging_vs_federated_table(results: Mapping) -> Table | None:
+    """Merging and federated side by side, when one results.json holds both (``clues federate --compare``)."""
+    conditions = results.get("conditions") or {}
+    pairs = [(m, f) for m, f in _PAIRS if m in conditions and f in conditions]
+    if not pairs:
+        return None
+    rows = []
+    for merging, federated in pairs:
+        a, b = conditions[merging], conditions[federated]
+        rows.append([merging, _num(a.get("mean_test_loss")), _num(b.get("mean_test_loss")),
+                     _pct(a.get("oracle_gain_recovered")), _pct(b.get("oracle_gain_recovered"))])
+    return Table("Merging vs. federated", ["condition", "merging loss", "federated loss", "merging gain", "federated gain"],
+                 rows, "Mean test loss and oracle gain recovered of each condition, merged adapters (TIES) vs. FedAvg.")
+
+
 def all_tables(results: Mapping, score_data: Mapping | None = None) -> list[Table]:
-    tables = [loss_table(results), gain_table(results), accuracy_table(results)]
+    tables = [loss_table(results), gain_table(results), accuracy_table(results),
+              federated_rounds_table(results), merging_vs_federated_table(results)]
     tables += selection_tables(results, score_data)
     tables.append(timing_table(results))
     return [t for t in tables if t is not None]
@@ -209,6 +253,10 @@ def write_plots(results: Mapping, out_dir: str | os.PathLike, score_data: Mappin
     if losses:
         plots.loss_bars(losses, out_dir / LOSS_PLOT)
         written["Test loss per domain by condition"] = out_dir / LOSS_PLOT
+    curves = (results.get("federated") or {}).get("curves")
+    if curves:
+        plots.round_curves(curves, out_dir / ROUNDS_PLOT)
+        written["Federated: global test loss after each round"] = out_dir / ROUNDS_PLOT
     points = kept_points(results, score_data)
     if points:
         plots.kept_vs_clean(points, out_dir / KEPT_PLOT)
@@ -313,7 +361,7 @@ def print_summary(results: Mapping, console, score_data: Mapping | None = None) 
     """Print the test-loss table and the per-silo selection tables to a rich console."""
     from rich.table import Table as RichTable
 
-    wanted = [loss_table(results), gain_table(results)] + selection_tables(results, score_data)
+    wanted = [loss_table(results), gain_table(results), merging_vs_federated_table(results)] + selection_tables(results, score_data)
     for table in (t for t in wanted if t is not None):
         rich_table = RichTable(title=table.title, title_justify="left")
         for i, header in enumerate(table.headers):

@@ -29,6 +29,7 @@ from clues.io import write_json, write_jsonl
 from clues.metrics import roc_auc, selection_metrics
 from clues.protocol import Message
 from clues.select import select, summary
+from clues.silo_federated import FederatedSilo
 from clues.train import TrainConfig, train
 
 HISTOGRAM_BINS = 30
@@ -71,8 +72,12 @@ def score_histogram(scores: list[float], clean: list[bool] | None, bins: int = H
     return hist
 
 
-class Silo:
-    """One data holder. ``labels`` (id -> clean) only in simulations with known pollution."""
+class Silo(FederatedSilo):
+    """One data holder. ``labels`` (id -> clean) only in simulations with known pollution.
+
+    The federated request kinds (hello, fit, fed-score) are answered by :class:`FederatedSilo`;
+    select is shared by both modes.
+    """
 
     def __init__(self, name: str, records: list[Record], workdir: str | Path,
                  labels: Mapping[str, bool] | None = None, console=None):
@@ -94,9 +99,12 @@ class Silo:
     # -- the one entry point --------------------------------------------------------------------
     def handle(self, message: Message) -> Message:
         handlers = {protocol.TRAIN: self._train, protocol.SCORE: self._score, protocol.SELECT: self._select}
-        if message.kind not in handlers:
-            raise CluesError(f"silo {self.name!r} cannot answer a {message.kind!r} message")
-        return handlers[message.kind](message.meta)
+        if message.kind in handlers:
+            return handlers[message.kind](message.meta)
+        federated = self.federated_handlers()
+        if message.kind in federated:
+            return federated[message.kind](message)
+        raise CluesError(f"silo {self.name!r} cannot answer a {message.kind!r} message")
 
     # -- handlers ---------------------------------------------------------------------------------
     def _subset(self, which: str) -> list[Record]:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Federated CLUES on Flower's deployment engine, all on 127.0.0.1: one SuperLink, one SuperNode per
+# silo (each reading only its own silo file), `flwr run`, and every process stopped by PID at the end.
+# The work is done by `python -m clues.collab.flower.deploy` (see docs/federated.md); this wrapper
+# only picks the venv's Python and turns telemetry off. Arguments are passed through, e.g.
+#
+#   scripts/deploy_local.sh --silo clinic=silos/clinic.jsonl --silo bank=silos/bank.jsonl \
+#       --validation validation.jsonl --anchor anchor.jsonl --test test.jsonl --rounds 5 --out fl-deployed
+set -euo pipefail
+PYTHON="${PYTHON:-$(command -v python)}"
+export FLWR_TELEMETRY_ENABLED=0
+exec "$PYTHON" -m clues.collab.flower.deploy "$@"

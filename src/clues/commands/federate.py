@@ -1,0 +1,97 @@
+"""`clues federate`: federated CLUES on Flower's simulation engine (one SuperNode per silo).
+
+Same data flags and config file as `clues run`; the config file may add a ``[federated]`` table
+(``rounds``, ``local_steps``, ``score_rounds``, ``fraction_train``, ``round_timeout``, ``seed``),
+and the flags below override it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from clues.commands import make_console
+from clues.commands.run import _parse_silos
+from clues.errors import CluesError
+
+console = make_console()
+
+
+def federate(
+    config_file: Optional[Path] = typer.Option(None, "--config", help="TOML file (as for clues run, plus a [federated] table)."),
+    silo: List[str] = typer.Option([], "--silo", help="NAME=FILE, one per silo (repeatable)."),
+    validation: Optional[Path] = typer.Option(None, "--validation", help="Public high-quality validation records."),
+    anchor: Optional[Path] = typer.Option(None, "--anchor", help="Public anchor records (sets the threshold)."),
+    test: Optional[Path] = typer.Option(None, "--test", help="Public held-out test records (with domain)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="labels.jsonl of a benchmark: selection metrics and fl-oracle."),
+    model: Optional[str] = typer.Option(None, "--model", help="'default', 'smollm2-135m' or a local Hugging Face folder."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the local steps."),
+    precondition: Optional[str] = typer.Option(None, "--precondition", help="none (default here) or adam (each silo's own moments)."),
+    threshold: Optional[str] = typer.Option(None, "--threshold", help="mean (default) or quantile:q of the anchor scores."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="FedAvg rounds per condition (default 10)."),
+    local_steps: Optional[int] = typer.Option(None, "--local-steps", help="Local optimizer steps per round (default 5)."),
+    score_rounds: Optional[str] = typer.Option(None, "--score-rounds", help="Comma-separated warm-up rounds to score at (default: 3 spread)."),
+    fraction_train: Optional[float] = typer.Option(None, "--fraction-train", help="Share of silos sampled per round (default 1.0)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default clues-federated)."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="results.json of a merging run (clues run/demo) on the same data: report both side by side."),
+) -> None:
+    """Warm-up FedAvg with scoring at the global model -> threshold -> selection -> FedAvg on kept data."""
+    from clues.collab.flower.simulation import run_federated_simulation
+    from clues.report import print_summary
+
+    config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
+                                  rounds, local_steps, score_rounds, fraction_train, out)
+    results = run_federated_simulation(config, fed, console)
+    if compare is not None:
+        import json
+
+        from clues.federated import add_comparison, write_outputs
+
+        try:
+            merging = json.loads(compare.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CluesError(f"--compare {compare}: {exc}") from None
+        results = add_comparison(results, merging)
+        write_outputs(results, config.out)
+    print_summary(results, console)
+    console.print(f"\nresults: {Path(config.out) / 'results.json'}  report: {Path(config.out) / 'report.html'}")
+
+
+def federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
+                    rounds, local_steps, score_rounds, fraction_train, out):
+    """``(RunConfig, FedSettings)`` from the config file and the flags (shared with the deploy tool)."""
+    from clues.config import load_toml, make_config
+    from clues.federated import FedSettings
+
+    values = load_toml(config_file) if config_file else {}
+    fed_values = values.pop("federated", {}) or {}
+    flat = {"validation": validation, "anchor": anchor, "test": test, "labels": labels, "model": model, "out": out}
+    values.update({k: str(v) for k, v in flat.items() if v is not None})
+    values.setdefault("out", "clues-federated")
+    if silo:
+        values["silos"] = _parse_silos(silo)
+    if "silos" not in values:
+        raise CluesError("no silo given: use --silo NAME=FILE (repeatable) or a [silos] table in --config")
+    values["score"] = {"precondition": "none", **values.get("score", {})}  # federated default: plain gradient
+    for section, options in {"train": {"lr": lr}, "score": {"precondition": precondition},
+                             "select": {"policy": threshold}}.items():
+        given = {k: v for k, v in options.items() if v is not None}
+        if given:
+            values[section] = {**values.get(section, {}), **given}
+    if score_rounds is not None:
+        try:
+            fed_values["score_rounds"] = [int(r) for r in score_rounds.split(",") if r.strip()]
+        except ValueError:
+            raise CluesError(f"--score-rounds {score_rounds!r}: expected comma-separated round numbers") from None
+    for key, value in {"rounds": rounds, "local_steps": local_steps, "fraction_train": fraction_train}.items():
+        if value is not None:
+            fed_values[key] = value
+    if fed_values.get("score_rounds") is not None:
+        fed_values["score_rounds"] = tuple(fed_values["score_rounds"])
+    try:
+        fed = FedSettings(**fed_values)
+    except TypeError as exc:
+        raise CluesError(f"[federated]: {exc}") from None
+    return make_config(values), fed

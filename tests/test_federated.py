@@ -1,0 +1,295 @@
+"""Federated CLUES on Flower: FedAvg, the privacy boundary, failure tolerance, both engines end to end.
+
+The simulation test runs Flower's simulation engine (Ray) once for the whole module, with a silo
+that crashes in round 2 (a fault drill), and several tests read that one run. The deployment test
+starts a real SuperLink and SuperNodes on 127.0.0.1 and checks that every process is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from clues import protocol
+from clues.config import make_config
+from clues.data.build import build_benchmark
+from clues.federated import FedSettings, fedavg
+from clues.io import read_jsonl, write_jsonl
+
+pytest.importorskip("flwr")
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+
+FL_CONDITIONS = {"fl-mixed", "fl-clues", "fl-oracle"}
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    """Two small silos cut from the shipped `mixed` benchmark (real text, real corruptions)."""
+    root = tmp_path_factory.mktemp("fed-consortium")
+    bench = root / "bench"
+    build_benchmark("mixed", bench, seed=0)
+    small = root / "small"
+    silos = {}
+    for name in ("clinic", "bank"):
+        write_jsonl(small / f"{name}.jsonl", read_jsonl(bench / "silos" / f"{name}.jsonl")[:12])
+        silos[name] = str(small / f"{name}.jsonl")
+    public = {}
+    for name, count in (("validation", 2), ("anchor", 2), ("test", 2)):
+        by_domain = {}
+        for row in read_jsonl(bench / f"{name}.jsonl"):
+            by_domain.setdefault(row["domain"], []).append(row)
+        write_jsonl(small / f"{name}.jsonl", [r for d in sorted(by_domain) for r in by_domain[d][:count]])
+        public[name] = str(small / f"{name}.jsonl")
+    write_jsonl(small / "labels.jsonl", read_jsonl(bench / "labels.jsonl"))
+    return silos, public, str(small / "labels.jsonl")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer):
+    from conftest import make_tiny_llama
+
+    folder = tmp_path_factory.mktemp("fed-model") / "tiny-llama"
+    make_tiny_llama(tiny_tokenizer).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _config(consortium, model_dir, out, labels=True):
+    silos, public, label_file = consortium
+    return make_config({
+        "silos": silos, **public, "labels": label_file if labels else None, "model": str(model_dir), "out": str(out),
+        "train": {"batch_size": 4, "max_length": 64}, "score": {"batch_size": 8, "precondition": "none"},
+        "eval_batch_size": 8,
+    })
+
+
+# -- FedAvg -------------------------------------------------------------------------------------------
+
+
+def test_fedavg_is_the_weighted_mean_of_the_adapters():
+    torch.manual_seed(0)
+    names = ("x.lora_A.weight", "x.lora_B.weight")
+    adapters = [{n: torch.randn(4, 3) for n in names} for _ in range(3)]
+    counts = [5, 1, 14]
+    replies = {f"s{i}": protocol.Message(protocol.ADAPTER, {"num_examples": c}, a) for i, (a, c) in enumerate(zip(adapters, counts))}
+    merged = fedavg(replies)
+    for n in names:
+        by_hand = sum(c * a[n] for a, c in zip(adapters, counts)) / sum(counts)
+        assert torch.allclose(merged[n], by_hand, atol=1e-6)
+
+
+def test_records_round_trip_is_lossless():
+    from clues.collab.flower.records import from_records, to_records
+
+    message = protocol.Message(protocol.ADAPTER, {"num_examples": 3, "note": "é"}, {"w": torch.randn(2, 3)})
+    back = from_records(to_records(message))
+    assert back.kind == message.kind and back.meta == message.meta and torch.equal(back.tensors["w"], message.tensors["w"])
+
+
+def test_score_rounds_default_spread_over_the_warm_up():
+    assert FedSettings(rounds=10).checkpoints == (4, 7, 10)
+    assert FedSettings(rounds=1).checkpoints == (1,)
+    assert FedSettings(rounds=4, score_rounds=(4, 2)).checkpoints == (2, 4)
+
+
+# -- the simulation engine, once for the module ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulated(consortium, model_dir, tmp_path_factory):
+    """`clues federate`'s engine on 2 silos, 3 rounds; silo `bank` crashes in round 2 of every condition."""
+    import clues.collab.flower.server_app as server_app
+    from clues.collab.flower.simulation import run_federated_simulation
+
+    out = tmp_path_factory.mktemp("fed-sim") / "run"
+    crossed, parsed = [], []
+    original = server_app.from_records
+
+    def recording(content):
+        message = original(content)
+        parsed.append(message)
+        return message
+
+    server_app.from_records = recording  # the ServerApp runs in this process: see every reply it decodes
+    try:
+        fed = FedSettings(rounds=3, local_steps=2, score_rounds=(1, 3), round_timeout=120)
+        results = run_federated_simulation(_config(consortium, model_dir, out), fed, Console(quiet=True),
+                                           tap=lambda silo, direction, blob: crossed.append((silo, direction, blob)),
+                                           faults={"bank": [2]})
+    finally:
+        server_app.from_records = original
+    return out, results, crossed, parsed
+
+
+def test_simulation_writes_results_with_the_federated_conditions(simulated):
+    out, results, _, _ = simulated
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["conditions"]) == FL_CONDITIONS
+    for entry in saved["conditions"].values():
+        assert set(entry["test_loss"]) and entry["mean_test_loss"] > 0
+    assert saved["conditions"]["fl-oracle"]["oracle_gain_recovered"] == pytest.approx(1.0)
+    for condition in FL_CONDITIONS:
+        curve = saved["federated"]["curves"][condition]
+        assert [p["round"] for p in curve] == [1, 2, 3] and all(p["mean_test_loss"] > 0 for p in curve)
+    selection = saved["selection"]["fl-clues"]
+    assert set(selection) == {"clinic", "bank"}
+    assert all(s["total"] == 12 and 0 <= s["kept"] <= 12 and s["tau"] == saved["federated"]["tau"] for s in selection.values())
+    for name in ("report.md", "report.html", "boundary_log.jsonl", "federated_rounds.png"):
+        assert (out / name).exists(), name
+    assert "Federated: global test loss per round" in (out / "report.md").read_text()
+    adapter = out / "server" / "adapters" / "fl-clues"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    log = read_jsonl(out / "boundary_log.jsonl")
+    assert {r["direction"] for r in log} == {"server->silo", "silo->server"}
+    assert all({"round", "message_type", "records", "bytes", "kind"} <= set(r) and r["bytes"] > 0 for r in log)
+    assert {r["message_type"] for r in log} >= {"train", "query.score", "query.select", "query.hello"}
+
+
+def test_a_silo_failing_mid_round_does_not_stop_the_run(simulated):
+    _, results, _, _ = simulated
+    fits = {(r["condition"], r["round"]): r for r in results["federated"]["rounds"] if r["kind"] == protocol.FIT}
+    for condition in FL_CONDITIONS:
+        assert fits[(condition, 2)]["answered"] == ["clinic"] and fits[(condition, 2)]["missing"] == ["bank"]
+        assert fits[(condition, 3)]["answered"] == ["bank", "clinic"]
+    failures = results["federated"]["failures"]
+    assert failures and all(f["silo"] == "bank" and f["round"] == 2 and "fault drill" in f["reason"] for f in failures)
+
+
+def test_no_private_record_crosses_the_flower_boundary(simulated, consortium, tiny_tokenizer):
+    _, _, crossed, parsed = simulated
+    silos, _, _ = consortium
+    private = [row for path in silos.values() for row in read_jsonl(path)]
+    raw_wire = b"\n".join(blob for _, direction, blob in crossed if direction == "silo->server")
+    assert raw_wire
+    assert {m.kind for m in parsed} == {protocol.INFO, protocol.ADAPTER, protocol.SCORES, protocol.SELECTION}
+    texts = []
+    for message in parsed:
+        texts.append(json.dumps(message.meta, ensure_ascii=False))
+        for name, tensor in message.tensors.items():
+            texts.append(name)
+            assert tensor.is_floating_point(), f"integer tensor {name} crossed the boundary"
+    wire = "\n".join(texts)
+    for row in private:
+        assert row["id"] not in wire and row["id"].encode() not in raw_wire
+        for field in ("input", "output"):
+            snippet = row[field].strip()[:40]
+            if len(snippet) >= 12:
+                assert snippet not in wire and snippet.encode() not in raw_wire, (field, snippet)
+    integers = [int(x) for x in re.findall(r"(?<![\d.eE+-])-?\d+(?![\d.eE])", wire)]
+    for row in private[:8]:
+        ids = tiny_tokenizer(row["output"], add_special_tokens=False)["input_ids"][:6]
+        assert len(ids) == 6
+        assert not any(integers[i : i + 6] == ids for i in range(len(integers) - 5))
+
+
+# -- the deployment engine on loopback -------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_deployment_engine_on_loopback_stops_every_process(consortium, model_dir, tmp_path):
+    from clues.collab.flower.deploy import deploy
+
+    out = tmp_path / "deployed"
+    config = _config(consortium, model_dir, out, labels=False)
+    fed = FedSettings(rounds=1, local_steps=1, round_timeout=120)
+    try:
+        results = deploy(config, fed, timeout=240, say=lambda *a: None)
+    finally:
+        pids = json.loads((out / "logs" / "pids.json").read_text()) if (out / "logs" / "pids.json").exists() else {}
+        assert set(pids) == {"superlink", "supernode-clinic", "supernode-bank"}
+        assert not [name for name, pid in pids.items() if _alive(pid)]
+    assert set(results["conditions"]) == {"fl-mixed", "fl-clues"}
+    assert results["federated"]["engine"] == "flower" and sorted(results["federated"]["silos"]) == ["bank", "clinic"]
+    assert (out / "report.html").exists()
+    log = read_jsonl(out / "boundary_log.jsonl")
+    assert {r["silo"] for r in log if r["kind"] == protocol.FIT} == {"clinic", "bank"}
+
+
+# -- a silo that disappears: the Grid transport without an engine ------------------------------------------
+
+
+class VanishingGrid:
+    """A Grid whose nodes run the real deployed ClientApp in-process; ``gone`` nodes stop answering."""
+
+    def __init__(self, node_configs: dict[int, dict], gone: dict[int, set]):
+        from flwr.app import Context, RecordDict
+
+        from clues.collab.flower.client_app import app
+
+        self.app, self.gone = app, gone
+        self.contexts = {n: Context(1, n, c, RecordDict(), {}) for n, c in node_configs.items()}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if message.metadata.group_id in self.gone.get(node, set()):
+                continue  # no reply before the timeout
+            replies.append(self.app(message, self.contexts[node]))
+        return replies
+
+
+def test_a_silo_that_disappears_is_left_out_and_logged(consortium, model_dir, tmp_path, monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clues.collab.flower.server_app import GridFleet
+    from clues.federated import FederatedServer
+    from clues.protocol import BoundaryLog
+
+    for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, key, value)
+    silos, _, labels = consortium
+    out = tmp_path / "vanishing"
+    nodes = {7: {"silo-file": silos["clinic"], "workdir": str(out / "silos" / "clinic"), "labels-file": labels},
+             9: {"silo-file": silos["bank"], "workdir": str(out / "silos" / "bank"), "labels-file": labels}}
+    grid = VanishingGrid(nodes, gone={9: {"2"}})
+    fleet = GridFleet(grid, 2, BoundaryLog(out / "boundary_log.jsonl"), timeout=5, console=Console(quiet=True), wait=1)
+    assert sorted(fleet.silos()) == ["bank", "clinic"]  # names from the silo files, through --node-config
+    config = _config(consortium, model_dir, out)
+    results = FederatedServer(config, FedSettings(rounds=2, local_steps=1, score_rounds=(1,)), fleet, Console(quiet=True)).run()
+    fits = {(r["condition"], r["round"]): r for r in results["federated"]["rounds"] if r["kind"] == protocol.FIT}
+    assert fits[("fl-mixed", 2)]["missing"] == ["bank"] and fits[("fl-mixed", 1)]["missing"] == []
+    assert any(f["silo"] == "bank" and "no reply" in f["reason"] for f in results["federated"]["failures"])
+    assert set(results["conditions"]) == FL_CONDITIONS
+
+
+def test_adam_preconditioner_uses_each_silos_own_moments_and_pools_anchor_scores(consortium, model_dir, tmp_path):
+    """In-process silos (no engine): with ``adam`` every silo scores the public anchors with its moments."""
+    from clues.channel import LocalChannel
+    from clues.data import load_records
+    from clues.federated import FederatedServer, LocalFleet
+    from clues.silo import Silo
+
+    silos, public, _ = consortium
+    out = tmp_path / "adam"
+    config = make_config({"silos": silos, **public, "model": str(model_dir), "out": str(out),
+                          "train": {"batch_size": 4, "max_length": 64}, "score": {"batch_size": 8, "precondition": "adam"},
+                          "conditions": ["mixed", "clues"], "eval_batch_size": 8})
+    channels = {n: LocalChannel(Silo(n, load_records(p), out / "silos" / n)) for n, p in silos.items()}
+    server = FederatedServer(config, FedSettings(rounds=2, local_steps=1, score_rounds=(1, 2)), LocalFleet(channels), Console(quiet=True))
+    columns = []
+    original = server.score_checkpoint
+    server.score_checkpoint = lambda *a: columns.append(original(*a)) or columns[-1]
+    results = server.run()
+    assert [sorted(c) for c in columns] == [["bank", "clinic"], ["bank", "clinic"]]  # anchors scored by the silos
+    assert columns[0]["bank"] != columns[0]["clinic"]  # each with its own moments
+    assert results["federated"]["tau"] == pytest.approx(server.threshold(columns))
+    for name in silos:
+        assert (out / "silos" / name / "federated" / "fl-mixed" / "optimizer.safetensors").exists()
+        assert len(read_jsonl(out / "silos" / name / "scores.jsonl")[0]["per_checkpoint"]) == 2
