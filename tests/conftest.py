@@ -85,3 +85,27 @@ def tiny_model_dir(tmp_path, tiny_tokenizer):
     model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
+
+
+def small_consortium(root: Path, per_silo: int, public_per_domain: dict[str, int], silos=("clinic", "bank")):
+    """A few silos cut from the shipped `mixed` benchmark (real text, real corruptions), small
+    enough for an end-to-end run on the tiny model: ``(silo files, public files, labels file)``."""
+    from clues.data.build import build_benchmark
+    from clues.io import read_jsonl, write_jsonl
+
+    bench = root / "bench"
+    build_benchmark("mixed", bench, seed=0)
+    small = root / "small"
+    silo_files = {}
+    for name in silos:
+        write_jsonl(small / f"{name}.jsonl", read_jsonl(bench / "silos" / f"{name}.jsonl")[:per_silo])
+        silo_files[name] = str(small / f"{name}.jsonl")
+    public = {}
+    for name, count in public_per_domain.items():
+        by_domain: dict[str, list] = {}
+        for row in read_jsonl(bench / f"{name}.jsonl"):
+            by_domain.setdefault(row["domain"], []).append(row)
+        write_jsonl(small / f"{name}.jsonl", [r for d in sorted(by_domain) for r in by_domain[d][:count]])
+        public[name] = str(small / f"{name}.jsonl")
+    write_jsonl(small / "labels.jsonl", read_jsonl(bench / "labels.jsonl"))
+    return silo_files, public, str(small / "labels.jsonl")

@@ -163,6 +163,7 @@ def test_gain_recovered_formula_and_edge_cases():
     assert gain_recovered(2.0, 2.5, 1.0) == pytest.approx(-0.5)  # worse than mixed
     assert gain_recovered(2.0, 1.5, 2.0) is None  # clean data did not help: nothing to recover
     assert gain_recovered(2.0, 1.5, 2.0 - 1e-9) is None
+    assert gain_recovered(2.0, 2.5, 2.2) is None  # oracle worse than mixed: a 'gain' would flip sign
     assert gain_recovered(float("nan"), 1.5, 1.0) is None
     assert gain_recovered(2.0, None, 1.0) is None
 

@@ -10,33 +10,16 @@ from rich.console import Console
 
 from clues import protocol
 from clues.config import make_config
-from clues.data.build import build_benchmark
-from clues.io import read_jsonl, write_jsonl
+from clues.io import read_jsonl
 from clues.pipeline import Server
 
 
 @pytest.fixture(scope="module")
 def consortium(tmp_path_factory):
     """Two small silos cut from the shipped `mixed` benchmark (real text, real corruptions)."""
-    root = tmp_path_factory.mktemp("consortium")
-    bench = root / "bench"
-    build_benchmark("mixed", bench, seed=0)
-    small = root / "small"
-    silos = {}
-    for name in ("clinic", "bank"):
-        rows = read_jsonl(bench / "silos" / f"{name}.jsonl")[:16]
-        write_jsonl(small / f"{name}.jsonl", rows)
-        silos[name] = str(small / f"{name}.jsonl")
-    public = {}
-    for name, count in (("validation", 3), ("anchor", 2), ("test", 3)):
-        rows = read_jsonl(bench / f"{name}.jsonl")
-        by_domain = {}
-        for row in rows:
-            by_domain.setdefault(row["domain"], []).append(row)
-        write_jsonl(small / f"{name}.jsonl", [r for d in sorted(by_domain) for r in by_domain[d][:count]])
-        public[name] = str(small / f"{name}.jsonl")
-    write_jsonl(small / "labels.jsonl", read_jsonl(bench / "labels.jsonl"))
-    return silos, public, str(small / "labels.jsonl")
+    from conftest import small_consortium
+
+    return small_consortium(tmp_path_factory.mktemp("consortium"), 16, {"validation": 3, "anchor": 2, "test": 3})
 
 
 def _config(consortium, model_dir, out):

@@ -4,7 +4,7 @@ import re
 import pytest
 from rich.console import Console
 
-from clues.plots import binned
+from clues.histogram import score_histogram
 from clues.report import clean_fractions, print_summary, write_report
 
 
@@ -39,7 +39,7 @@ def _score_data():
     data["bank<&>"]["clean"] = None  # a silo without labels still gets its histogram
     # what a silo shares in the pipeline: binned counts, not its scores
     clean = [i % 3 > 0 for i in range(30)]
-    data["hospital"] = {"histogram": binned([float(i % 7) for i in range(30)], clean), "tau": 9.0}
+    data["hospital"] = {"histogram": score_histogram([float(i % 7) for i in range(30)], clean), "tau": 9.0}
     return data
 
 

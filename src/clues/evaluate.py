@@ -227,15 +227,16 @@ GAIN_EPS = 1e-6
 def gain_recovered(mixed: float, method: float, oracle: float, eps: float = GAIN_EPS) -> float | None:
     """``(mixed - method) / (mixed - oracle)``: 0 is no better than mixed data, 1 matches the oracle.
 
-    None when ``|mixed - oracle| <= eps * max(1, |mixed|)`` or an input is missing or not finite: when
-    clean data does not help, there is no gain to recover and any ratio would be noise. The sign is
-    kept as is: above 1 beats the oracle, below 0 is worse than mixed data.
+    None when the oracle is not better than mixed data by more than ``eps * max(1, |mixed|)``, or an
+    input is missing or not finite: when clean data does not help, there is no gain to recover, and
+    a ratio over a negative denominator would read a worse method as a gain. The sign is kept as is:
+    above 1 beats the oracle, below 0 is worse than mixed data.
     """
     values = (mixed, method, oracle)
     if any(v is None or not math.isfinite(v) for v in values):
         return None
     denominator = mixed - oracle
-    if abs(denominator) <= eps * max(1.0, abs(mixed)):
+    if denominator <= eps * max(1.0, abs(mixed)):
         return None
     return (mixed - method) / denominator
 

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from clues.histogram import score_histogram
 from clues.io import atomic_open
 
 DPI = 100
@@ -36,7 +37,7 @@ def score_histograms(score_data: Mapping[str, Mapping], path: str | os.PathLike)
     With labels, clean and corrupted records are stacked in two colours on shared bins, so one sees
     how much of each side of tau is which. ``score_data``: ``{silo: {"tau", and either "scores" (+
     "clean": list of bool or None) or "histogram"}}``; a histogram is what a silo may share without
-    revealing its scores: ``{"edges", "all", "clean"?, "corrupted"?}`` (:func:`clues.silo.score_histogram`).
+    revealing its scores: ``{"edges", "all", "clean"?, "corrupted"?}`` (:func:`clues.histogram.score_histogram`).
     """
     silos = list(score_data)
     cols = min(3, max(1, len(silos)))
@@ -46,7 +47,7 @@ def score_histograms(score_data: Mapping[str, Mapping], path: str | os.PathLike)
     for ax, silo in zip(axes, silos):
         data = score_data[silo]
         tau = data.get("tau")
-        hist = data["histogram"] if "histogram" in data else binned(data.get("scores", []), data.get("clean"))
+        hist = data["histogram"] if "histogram" in data else score_histogram(data.get("scores", []), data.get("clean"))
         edges = list(hist.get("edges", []))
         if "clean" in hist and "corrupted" in hist:
             series = [("clean", hist["clean"], CLEAN_COLOR), ("corrupted", hist["corrupted"], CORRUPT_COLOR)]
@@ -69,30 +70,6 @@ def score_histograms(score_data: Mapping[str, Mapping], path: str | os.PathLike)
         ax.set_visible(False)
     fig.tight_layout()
     _save(fig, path)
-
-
-def binned(scores: Sequence[float], clean: Sequence[bool] | None = None, bins: int = 30) -> dict:
-    """Raw scores to the histogram form silos share: ``{"edges", "all"}`` plus ``clean``/``corrupted``."""
-    finite = [float(s) for s in scores if math.isfinite(s)]
-    if not finite:
-        return {"edges": [], "all": []}
-    low, high = min(finite), max(finite)
-    if high - low < 1e-12:
-        low, high = low - 0.5, high + 0.5
-    edges = [low + (high - low) * i / bins for i in range(bins + 1)]
-
-    def counts(values):
-        out = [0] * bins
-        for v in values:
-            if math.isfinite(v):
-                out[min(int((v - low) / (high - low) * bins), bins - 1)] += 1
-        return out
-
-    hist = {"edges": edges, "all": counts(scores)}
-    if clean is not None:
-        hist["clean"] = counts([s for s, c in zip(scores, clean) if c])
-        hist["corrupted"] = counts([s for s, c in zip(scores, clean) if not c])
-    return hist
 
 
 def loss_bars(test_loss: Mapping[str, Mapping[str, float]], path: str | os.PathLike) -> None:

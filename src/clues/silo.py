@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Mapping
@@ -25,6 +24,7 @@ from safetensors.torch import load_file
 from clues import protocol
 from clues.data import Record, record_from_dict, record_to_json
 from clues.errors import CluesError
+from clues.histogram import score_histogram
 from clues.io import write_json, write_jsonl
 from clues.metrics import roc_auc, selection_metrics
 from clues.protocol import Message
@@ -32,7 +32,6 @@ from clues.select import select, summary
 from clues.silo_federated import FederatedSilo
 from clues.train import TrainConfig, train
 
-HISTOGRAM_BINS = 30
 
 
 def _config_from(meta: dict, cls):
@@ -46,30 +45,6 @@ def _records_digest(records: list[Record]) -> str:
     for record in records:
         digest.update(record.id.encode("utf-8") + b"\x00")
     return digest.hexdigest()[:12]
-
-
-def score_histogram(scores: list[float], clean: list[bool] | None, bins: int = HISTOGRAM_BINS) -> dict:
-    """Binned counts of a silo's scores (split by the true label when known): a summary, not the scores."""
-    finite = [s for s in scores if math.isfinite(s)]
-    if not finite:
-        return {"edges": [], "all": []}
-    low, high = min(finite), max(finite)
-    if high == low:
-        high = low + 1e-12
-    edges = [low + (high - low) * i / bins for i in range(bins + 1)]
-
-    def counts(values):
-        out = [0] * bins
-        for value in values:
-            if math.isfinite(value):
-                out[min(int((value - low) / (high - low) * bins), bins - 1)] += 1
-        return out
-
-    hist = {"edges": edges, "all": counts(scores)}
-    if clean is not None:
-        hist["clean"] = counts([s for s, c in zip(scores, clean) if c])
-        hist["corrupted"] = counts([s for s, c in zip(scores, clean) if not c])
-    return hist
 
 
 class Silo(FederatedSilo):

@@ -118,7 +118,8 @@ class FederatedSilo:
         from clues.metrics import roc_auc
         from clues.scoring.engine import Scorer, ScoreSettings, compact_encodings
         from clues.scoring.preconditioners import needs_moments
-        from clues.silo import _config_from, score_histogram
+        from clues.histogram import score_histogram
+        from clues.silo import _config_from
         from clues.train import TrainConfig
 
         meta = message.meta
