@@ -55,18 +55,19 @@ class Server:
         self.config = config
         self.console = console or Console()
         self.out = Path(config.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.stages = Stages(self.out, self.console)
+        # Every input is validated before anything is written: bad input leaves no half-made run folder.
         self.validation = load_records(config.validation)
         self.anchor = load_records(config.anchor)
         self.test = load_records(config.test)
+        load_many(config.silos.values())  # ids unique across silos; every problem reported at once
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stages = Stages(self.out, self.console)
         self.public_key = {name: file_digest(getattr(config, name)) for name in ("validation", "anchor", "test")}
         self.channels = self._open_silos()
 
     # -- silos (simulation: they live in this process, behind the channel) ---------------------------
     def _open_silos(self) -> dict[str, LocalChannel]:
         labels = _labels(self.config.labels)
-        load_many(self.config.silos.values())  # ids unique across silos; every problem reported at once
         log = BoundaryLog(self.out / "boundary_log.jsonl")
         channels = {}
         self.silo_digest = {}
