@@ -109,3 +109,33 @@ def small_consortium(root: Path, per_silo: int, public_per_domain: dict[str, int
         public[name] = str(small / f"{name}.jsonl")
     write_jsonl(small / "labels.jsonl", read_jsonl(bench / "labels.jsonl"))
     return silo_files, public, str(small / "labels.jsonl")
+
+
+def assert_nothing_private_crossed(messages, raw_wire: bytes, private_rows, tokenizer) -> None:
+    """The privacy boundary check shared by merging and federated tests.
+
+    ``messages`` are the decoded silo->server messages, ``raw_wire`` their bytes as they crossed:
+    no record id, no snippet of an input or output and no run of six of the records' token ids may
+    appear, and no integer tensor may cross at all.
+    """
+    import json
+    import re
+
+    texts = []
+    for message in messages:
+        texts.append(json.dumps(message.meta, ensure_ascii=False))
+        for name, tensor in message.tensors.items():
+            texts.append(name)
+            assert tensor.is_floating_point(), f"integer tensor {name} crossed the boundary"
+    wire = "\n".join(texts)
+    for row in private_rows:
+        assert row["id"] not in wire and row["id"].encode() not in raw_wire
+        for field in ("input", "output"):  # instructions are shared templates, not private text
+            snippet = row[field].strip()[:40]
+            if len(snippet) >= 12:
+                assert snippet not in wire and snippet.encode() not in raw_wire, (field, snippet)
+    integers = [int(x) for x in re.findall(r"(?<![\d.eE+-])-?\d+(?![\d.eE])", wire)]
+    for row in private_rows[:8]:
+        ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:6]
+        assert len(ids) == 6
+        assert not any(integers[i : i + 6] == ids for i in range(len(integers) - 5))

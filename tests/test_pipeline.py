@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from rich.console import Console
@@ -58,26 +57,10 @@ def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_
     private = [row for path in silos.values() for row in read_jsonl(path)]
     outgoing = [protocol.Message.from_bytes(blob) for _, direction, blob in crossed if direction == "silo->server"]
     assert {m.kind for m in outgoing} == {protocol.ADAPTER, protocol.SCORES, protocol.SELECTION}
-    texts = []
-    for message in outgoing:
-        texts.append(json.dumps(message.meta, ensure_ascii=False))
-        for name, tensor in message.tensors.items():
-            texts.append(name)
-            assert tensor.is_floating_point(), f"integer tensor {name} crossed the boundary"
-    wire = "\n".join(texts)
     raw_wire = b"\n".join(blob for _, direction, blob in crossed if direction == "silo->server")
-    for row in private:
-        assert row["id"] not in wire and row["id"].encode() not in raw_wire
-        for field in ("instruction", "input", "output"):
-            snippet = row[field].strip()[:40]
-            if len(snippet) >= 12 and field != "instruction":  # instructions are shared templates
-                assert snippet not in wire and snippet.encode() not in raw_wire, (field, snippet)
-    # no sequence of the silos' token ids appears among the integers of any outgoing payload
-    integers = [int(x) for x in re.findall(r"(?<![\d.eE+-])-?\d+(?![\d.eE])", wire)]
-    for row in private[:8]:
-        ids = tiny_tokenizer(row["output"], add_special_tokens=False)["input_ids"][:6]
-        assert len(ids) == 6
-        assert not any(integers[i : i + 6] == ids for i in range(len(integers) - 5))
+    from conftest import assert_nothing_private_crossed
+
+    assert_nothing_private_crossed(outgoing, raw_wire, private, tiny_tokenizer)
     log = read_jsonl(out / "boundary_log.jsonl")
     assert len(log) == len(crossed) and {r["direction"] for r in log} == {"server->silo", "silo->server"}
 
