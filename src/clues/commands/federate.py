@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from clues.commands import make_console
-from clues.commands.run import _parse_silos
+from clues.commands.run import config_values
 from clues.errors import CluesError
 
 console = make_console()
@@ -62,24 +62,17 @@ def federate(
 def federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                     rounds, local_steps, score_rounds, fraction_train, out):
     """``(RunConfig, FedSettings)`` from the config file and the flags (shared with the deploy tool)."""
-    from clues.config import load_toml, make_config
+    from clues.config import make_config
     from clues.federated import FedSettings
 
-    values = load_toml(config_file) if config_file else {}
+    values = config_values(
+        config_file, silo,
+        {"validation": validation, "anchor": anchor, "test": test, "labels": labels, "model": model, "out": out},
+        {"train": {"lr": lr}, "score": {"precondition": precondition}, "select": {"policy": threshold}},
+        # federated defaults: plain-gradient scores, its own output folder
+        defaults={"out": "clues-federated", "score": {"precondition": "none"}},
+    )
     fed_values = values.pop("federated", {}) or {}
-    flat = {"validation": validation, "anchor": anchor, "test": test, "labels": labels, "model": model, "out": out}
-    values.update({k: str(v) for k, v in flat.items() if v is not None})
-    values.setdefault("out", "clues-federated")
-    if silo:
-        values["silos"] = _parse_silos(silo)
-    if "silos" not in values:
-        raise CluesError("no silo given: use --silo NAME=FILE (repeatable) or a [silos] table in --config")
-    values["score"] = {"precondition": "none", **values.get("score", {})}  # federated default: plain gradient
-    for section, options in {"train": {"lr": lr}, "score": {"precondition": precondition},
-                             "select": {"policy": threshold}}.items():
-        given = {k: v for k, v in options.items() if v is not None}
-        if given:
-            values[section] = {**values.get(section, {}), **given}
     if score_rounds is not None:
         try:
             fed_values["score_rounds"] = [int(r) for r in score_rounds.split(",") if r.strip()]

@@ -26,6 +26,29 @@ def _parse_silos(items: list[str]) -> dict[str, str]:
     return silos
 
 
+def config_values(config_file: Path | None, silos: list[str], flat: dict, sections: dict, defaults: dict | None = None) -> dict:
+    """Plain config values: the TOML file (if any), then ``defaults`` for keys it lacks, then the flags given.
+
+    ``flat`` holds top-level flags (paths, model), ``sections`` per-section flags; ``None`` means
+    "not given", so a flag never overrides the file with a default. Shared by `run` and `federate`.
+    """
+    from clues.config import load_toml
+
+    values = load_toml(config_file) if config_file else {}
+    for key, value in (defaults or {}).items():
+        values[key] = {**value, **values.get(key, {})} if isinstance(value, dict) else values.get(key, value)
+    values.update({k: str(v) for k, v in flat.items() if v is not None})
+    if silos:
+        values["silos"] = _parse_silos(silos)
+    if "silos" not in values:
+        raise CluesError("no silo given: use --silo NAME=FILE (repeatable) or a [silos] table in --config")
+    for section, options in sections.items():
+        given = {k: v for k, v in options.items() if v is not None}
+        if given:
+            values[section] = {**values.get(section, {}), **given}
+    return values
+
+
 def _execute(values: dict) -> dict:
     from clues.config import make_config
     from clues.pipeline import Server
@@ -56,25 +79,16 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default clues-run). Rerun to resume."),
 ) -> None:
     """Warm-up training -> scoring -> threshold -> selection -> retraining -> merge -> evaluation -> report."""
-    from clues.config import load_toml
-
-    values = load_toml(config_file) if config_file else {}
-    flat = {"validation": validation, "anchor": anchor, "test": test, "labels": labels, "model": model, "out": out}
-    values.update({k: str(v) for k, v in flat.items() if v is not None})
-    if silo:
-        values["silos"] = _parse_silos(silo)
-    sections = {
-        "train": {"epochs": epochs, "lr": lr},
-        "score": {"precondition": precondition},
-        "select": {"policy": threshold, "mode": threshold_mode},
-        "merge": {"method": merge, "space": merge_space},
-    }
-    for section, options in sections.items():
-        given = {k: v for k, v in options.items() if v is not None}
-        if given:
-            values[section] = {**values.get(section, {}), **given}
-    if "silos" not in values:
-        raise CluesError("no silo given: use --silo NAME=FILE (repeatable) or a [silos] table in --config")
+    values = config_values(
+        config_file, silo,
+        {"validation": validation, "anchor": anchor, "test": test, "labels": labels, "model": model, "out": out},
+        {
+            "train": {"epochs": epochs, "lr": lr},
+            "score": {"precondition": precondition},
+            "select": {"policy": threshold, "mode": threshold_mode},
+            "merge": {"method": merge, "space": merge_space},
+        },
+    )
     _execute(values)
 
 
