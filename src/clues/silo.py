@@ -108,7 +108,7 @@ class Silo(FederatedSilo):
         return self._workdir / "runs" / f"{tag}-{key}"
 
     def _train(self, meta: dict) -> Message:
-        config = _config_from(meta["config"], TrainConfig)
+        config = TrainConfig.from_dict(meta["config"])
         records = self._subset(meta.get("subset", "all"))
         reply = {"tag": meta["tag"], "records": len(records)}
         if not records:

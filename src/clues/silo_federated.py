@@ -70,11 +70,10 @@ class FederatedSilo:
     def _fit(self, message: Message) -> Message:
         from clues.data.batching import pad_batch
         from clues.federated_model import adapter_state, load_adapter_state, lora_model
-        from clues.silo import _config_from
         from clues.train import TrainConfig, epoch_order, optimizer_step, plan
 
         meta = message.meta
-        config = _config_from(meta["config"], TrainConfig)
+        config = TrainConfig.from_dict(meta["config"])
         which, tag, round_, steps = meta.get("subset", "all"), meta["tag"], int(meta["round"]), int(meta["steps"])
         records = self._subset(which)
         reply = {"tag": tag, "round": round_, "records": len(records), "num_examples": len(records)}
@@ -123,7 +122,7 @@ class FederatedSilo:
         from clues.train import TrainConfig
 
         meta = message.meta
-        config = _config_from(meta["config"], TrainConfig)
+        config = TrainConfig.from_dict(meta["config"])
         settings = _config_from(meta.get("settings", {}), ScoreSettings)
         model, tokenizer = lora_model(config)
         adapter = {k: v for k, v in message.tensors.items() if not k.startswith(DIRECTION_PREFIX)}
