@@ -59,20 +59,21 @@ class Server:
         self.validation = load_records(config.validation)
         self.anchor = load_records(config.anchor)
         self.test = load_records(config.test)
-        load_many(config.silos.values())  # ids unique across silos; every problem reported at once
+        # ids unique across silos; every problem of every file reported at once
+        silo_records = load_many(config.silos.values())
         self.out.mkdir(parents=True, exist_ok=True)
         self.stages = Stages(self.out, self.console)
         self.public_key = {name: file_digest(getattr(config, name)) for name in ("validation", "anchor", "test")}
-        self.channels = self._open_silos()
+        self.channels = self._open_silos(silo_records)
 
     # -- silos (simulation: they live in this process, behind the channel) ---------------------------
-    def _open_silos(self) -> dict[str, LocalChannel]:
+    def _open_silos(self, silo_records) -> dict[str, LocalChannel]:
         labels = _labels(self.config.labels)
         log = BoundaryLog(self.out / "boundary_log.jsonl")
         channels = {}
         self.silo_digest = {}
         for name, path in self.config.silos.items():
-            records = load_records(path)
+            records = [r for r in silo_records if r.file == str(path)]
             silo_labels = None
             if labels is not None:
                 missing = [r.id for r in records if r.id not in labels]
