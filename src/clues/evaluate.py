@@ -47,7 +47,7 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_size: int) -> list[float]:
+def encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_size: int) -> list[float]:
     """Per-record losses of already encoded records, in input order."""
     losses = [0.0] * len(encodings)
     lengths = [len(e["input_ids"]) for e in encodings]
@@ -70,7 +70,7 @@ def record_losses(
     if not records:
         return []
     encodings, _ = encode_all(records, tokenizer, max_length, template, console=console)
-    return _encoded_losses(model, encodings, _pad_id(tokenizer), batch_size)
+    return encoded_losses(model, encodings, _pad_id(tokenizer), batch_size)
 
 
 def _mean_by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[str, float]:

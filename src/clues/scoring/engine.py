@@ -140,6 +140,38 @@ class Scorer:
                 progress(len(indices))
         return total
 
+    def gradient_batches(
+        self,
+        encodings: Sequence[dict],
+        kind: str = "none",
+        moments: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        hyper: AdamHyper = AdamHyper(),
+    ):
+        """Yield ``(indices, G)`` per batch: ``G[b]`` the flat (block order) preconditioned gradient of
+        record ``indices[b]``, ``float64`` on the model's device.
+
+        For the baselines that need more than one inner product per record (LESS: norms and one
+        direction per domain; DataInf: per-layer norms). Holds one ``[batch, dim]`` tensor at a time.
+        """
+        device = self.blocks[0].param.device
+        if needs_moments(kind):
+            moments = _moments_for(self.blocks, moments, kind, device)
+        for indices, batch in self._batches(encodings):
+            parts = []
+            for block, grads in per_record_gradients(self.model, batch, self.blocks):
+                m, v = moments[block.name] if moments else (None, None)
+                parts.append(precondition(kind, grads.to(torch.float64), m, v, hyper).reshape(len(indices), -1))
+            yield list(indices), torch.cat(parts, dim=1)
+
+    def layer_slices(self) -> dict[str, list[slice]]:
+        """Where each LoRA layer (its chosen A and/or B blocks) sits in a flat gradient: ``{module: [slices]}``."""
+        spans: dict[str, list[slice]] = {}
+        offset = 0
+        for block in self.blocks:
+            spans.setdefault(block.module_name, []).append(slice(offset, offset + block.numel))
+            offset += block.numel
+        return spans
+
     def score(
         self,
         encodings: Sequence[dict],
