@@ -8,6 +8,7 @@ import click
 import typer
 from rich.console import Console
 
+from clues.commands import bench as bench_commands
 from clues.commands import data as data_commands
 from clues.commands import federate as federate_commands
 from clues.commands import run as run_commands
@@ -27,6 +28,7 @@ app.command("train")(train_commands.train)
 app.command("run")(run_commands.run)
 app.command("demo")(run_commands.demo)
 app.command("federate")(federate_commands.federate)
+app.command("bench")(bench_commands.bench)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Every option of training, scoring, thresholding and merging is reachable from th
     anchor = "anchor.jsonl"
     test = "test.jsonl"
     labels = "labels.jsonl"          # optional: known pollution (benchmarks only)
-    conditions = ["mixed", "clues", "oracle"]
+    conditions = ["mixed", "clues", "oracle"]   # add baselines: "perplexity", "ifd", "datainf", "less", "rds", "random"
 
     [silos]
     clinic = "silos/clinic.jsonl"
@@ -24,6 +24,7 @@ Every option of training, scoring, thresholding and merging is reachable from th
     [select]
     policy = "mean"                  # or "quantile:0.25"
     mode = "global"                  # or "per-silo"
+    match_count = false              # true: every baseline keeps as many records per silo as CLUES
 
     [merge]
     method = "ties"                  # ties | linear | dare_ties | dare_linear
@@ -45,7 +46,11 @@ from clues.scoring.engine import ScoreSettings
 from clues.select import MODES, parse_policy
 from clues.train import TrainConfig
 
-CONDITIONS = ("base", "mixed", "clues", "oracle")
+from clues.baselines import METHODS
+
+# Conditions that are not selection methods: the base model alone, all records, the clean records.
+REFERENCES = ("base", "mixed", "oracle")
+CONDITIONS = REFERENCES + METHODS
 MERGE_METHODS = ("ties", "linear", "dare_ties", "dare_linear")
 MERGE_SPACES = ("factor", "delta")
 
@@ -72,6 +77,9 @@ class MergeSettings:
 class SelectSettings:
     policy: str = "mean"
     mode: str = "global"
+    # Every method other than CLUES keeps, per silo, as many records as CLUES kept (ranking quality
+    # without threshold quality). ``random`` always does.
+    match_count: bool = False
 
     def __post_init__(self):
         parse_policy(self.policy)
@@ -103,8 +111,12 @@ class RunConfig:
             raise CluesError(f"unknown condition {unknown[0]!r}; choose from {', '.join(CONDITIONS)}")
         if "oracle" in self.conditions and not self.labels:
             object.__setattr__(self, "conditions", tuple(c for c in self.conditions if c != "oracle"))
-        if "clues" in self.conditions and "mixed" not in self.conditions:
-            # CLUES scores with the checkpoints of the warm-up run on all records: that run is 'mixed'.
+        if ("random" in self.conditions or self.select.match_count) and "clues" not in self.conditions:
+            # random (and --match-count) keep as many records per silo as CLUES kept
+            object.__setattr__(self, "conditions", (*self.conditions, "clues"))
+        if any(c in METHODS for c in self.conditions) and "mixed" not in self.conditions:
+            # CLUES, LESS and DataInf score with the checkpoints of the warm-up run on all records:
+            # that run is 'mixed', the reference every method is measured against.
             object.__setattr__(self, "conditions", ("mixed", *self.conditions))
         if self.train.model != self.model:
             object.__setattr__(self, "train", replace(self.train, model=self.model))

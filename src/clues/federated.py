@@ -24,6 +24,7 @@ A silo that fails or does not answer is left out of that round, and the round lo
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -35,13 +36,18 @@ import torch
 from rich.console import Console
 
 from clues import protocol
+from clues.baselines import METHODS
 from clues.config import RunConfig
 from clues.data import load_records, record_to_json
 from clues.errors import CluesError
 from clues.io import write_json
 from clues.protocol import Message
 
-CONDITIONS = {"fl-mixed": "all", "fl-clues": "kept", "fl-oracle": "clean"}
+CONDITIONS = {"fl-mixed": "all", "fl-clues": "kept", "fl-oracle": "clean"}  # baselines: fl-<method> on "kept:<method>"
+
+
+def subset_of(condition: str) -> str:
+    return CONDITIONS.get(condition, f"kept:{condition.removeprefix('fl-')}")
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,8 @@ class FederatedServer:
         self.test = load_records(config.test)
         self.round_log: list[dict] = []
         self.timing: dict[str, float] = {}
+        self._local_warmup = False
+        self.scoring_seconds: dict[str, float] = {}
 
     # -- pieces ---------------------------------------------------------------------------------------
     def _model(self):
@@ -240,7 +248,7 @@ class FederatedServer:
         for round_ in range(1, self.fed.rounds + 1):
             lr = self._lr(round_)
             asked = self._sample(condition, round_)
-            meta = {"tag": condition, "subset": CONDITIONS[condition], "round": round_, "steps": self.fed.local_steps,
+            meta = {"tag": condition, "subset": subset_of(condition), "round": round_, "steps": self.fed.local_steps,
                     "lr": lr, "config": train}
             replies = self.fleet.exchange({s: Message(protocol.FIT, meta, adapter) for s in asked}, round_)
             self._log_round(condition, round_, protocol.FIT, asked, replies)
@@ -260,11 +268,57 @@ class FederatedServer:
                                f"test loss {point['mean_test_loss']:.4f}")
         return adapter, curve, anchors
 
-    def select(self, tau: float) -> dict:
+    def select(self, tau: float | None, method: str = "clues", counts: Mapping[str, int] | None = None) -> dict:
+        """Every silo keeps ``score >= tau`` of ``method``'s scores, or (``counts``) its ``counts[silo]`` best records."""
         silos = self.fleet.silos()
-        replies = self.fleet.exchange({s: Message(protocol.SELECT, {"tau": tau}) for s in silos}, None)
-        self._log_round("fl-clues", 0, protocol.SELECT, silos, replies)
-        return {name: {**reply.meta, "auroc": reply.meta.get("auroc"), "tau": tau} for name, reply in replies.items()}
+        requests = {s: Message(protocol.SELECT, {"method": method, **({"count": counts[s]} if counts else {"tau": tau})})
+                    for s in silos}
+        replies = self.fleet.exchange(requests, None)
+        self._log_round(f"fl-{method}", 0, protocol.SELECT, silos, replies)
+        return {name: {**reply.meta, "auroc": reply.meta.get("auroc"), "tau": reply.meta.get("tau")} for name, reply in replies.items()}
+
+    # -- baselines ------------------------------------------------------------------------------------------
+    def score_method(self, method: str) -> dict[str, dict]:
+        """A baseline scored inside every silo (clues.baselines), anchors included; replies by silo.
+
+        LESS and DataInf score with a local warm-up run: each silo first fine-tunes on all its records,
+        as in merging mode (their gradients need optimizer checkpoints of the silo's own data).
+        """
+        from clues.baselines import NEEDS_WARMUP
+
+        silos = self.fleet.silos()
+        train = self.config.train.to_dict()
+        if method in NEEDS_WARMUP and not self._local_warmup:
+            request = Message(protocol.TRAIN, {"tag": "mixed", "subset": "all", "config": train, "return_adapter": False})
+            replies = self.fleet.exchange({s: request for s in silos}, None)
+            self._log_round("local-warmup", 0, protocol.TRAIN, silos, replies)
+            self._local_warmup = True
+        settings = json.loads(json.dumps(asdict(self.config.score), default=list))
+        meta = {"run": "mixed", "method": method, "settings": settings, "config": train,
+                "validation": [record_to_json(r) for r in self.validation], "anchor": [record_to_json(r) for r in self.anchor]}
+        replies = self.fleet.exchange({s: Message(protocol.SCORE, meta) for s in silos}, None)
+        self._log_round(f"fl-{method}", 0, protocol.SCORE, silos, replies)
+        return {name: reply.meta for name, reply in replies.items()}
+
+    def baseline(self, method: str, clues_selection: Mapping[str, dict], initial: dict) -> tuple[dict, dict, dict, list]:
+        """Score, select and train ``fl-<method>``: ``(scores, selection, final adapter, curve)``.
+
+        tau is global (mean of the method's anchor scores pooled over silos); ``random`` and
+        ``--match-count`` keep, per silo, as many records as federated CLUES kept there.
+        """
+        from clues.select import threshold
+
+        started = time.perf_counter()
+        scores = self.score_method(method)
+        self.scoring_seconds[f"fl-{method}"] = round(time.perf_counter() - started, 3)
+        if method == "random" or self.config.select.match_count:
+            counts = {s: clues_selection[s]["kept"] for s in self.fleet.silos() if s in clues_selection}
+            selection = self.select(None, method, counts)
+        else:
+            tau = threshold([a for reply in scores.values() for a in reply["anchor_scores"]], self.config.select.policy)
+            selection = self.select(tau, method)
+        final, curve, _ = self.rounds(f"fl-{method}", initial)
+        return scores, selection, final, curve
 
     def _save_adapter(self, condition: str, adapter: dict) -> None:
         from safetensors.torch import save_file
@@ -300,8 +354,14 @@ class FederatedServer:
         if "clues" in wanted:
             tau = self.threshold(anchors)
             self.console.print(f"tau = {tau:.6g} (from the anchors at score rounds {list(self.fed.checkpoints)})")
-            selection = timed("select", lambda: self.select(tau))
+            selection = {"fl-clues": timed("select", lambda: self.select(tau))}
             adapters["fl-clues"], curves["fl-clues"], _ = timed("fl-clues", lambda: self.rounds("fl-clues", initial))
+        baselines = {}
+        for method in (m for m in METHODS if m != "clues" and m in self.config.conditions):
+            name = f"fl-{method}"
+            started_method = time.perf_counter()
+            baselines[name], selection[name], adapters[name], curves[name] = self.baseline(method, selection.get("fl-clues", {}), initial)
+            self.timing[name] = round(time.perf_counter() - started_method, 3)
         if "oracle" in wanted and self.config.labels:
             adapters["fl-oracle"], curves["fl-oracle"], _ = timed("fl-oracle", lambda: self.rounds("fl-oracle", initial))
         for condition, adapter in adapters.items():
@@ -311,8 +371,11 @@ class FederatedServer:
         scores = getattr(self, "_last_scores", {})
         results = {
             "conditions": conditions,
-            "selection": {"fl-clues": selection} if selection else {},
-            "scores": {n: {k: s[k] for k in ("summary", "histogram", "checkpoints") if k in s} for n, s in scores.items()},
+            "selection": selection,
+            "scores": {method: {n: {k: s[k] for k in ("summary", "histogram", "checkpoints", "auroc", "roc") if k in s}
+                                for n, s in per_silo.items()}
+                       for method, per_silo in {**({"fl-clues": scores} if scores else {}), **baselines}.items()},
+            "scoring_seconds": self.scoring_seconds,
             "federated": {"engine": getattr(self.fleet, "engine", "local"), "silos": self.fleet.silos(), "tau": tau,
                           "curves": curves, "rounds": self.round_log,
                           "failures": getattr(self.fleet, "failures", [])},
@@ -330,7 +393,7 @@ def write_outputs(results: dict, out: str | Path) -> None:
     write_json(Path(out) / "results.json", results)
     tau = (results.get("federated") or {}).get("tau")
     score_data = {name: {"histogram": s["histogram"], "tau": tau}
-                  for name, s in (results.get("scores") or {}).items() if "histogram" in s} if tau is not None else None
+                  for name, s in ((results.get("scores") or {}).get("fl-clues") or {}).items() if "histogram" in s} if tau is not None else None
     write_report(results, out, score_data)
 
 

@@ -15,7 +15,7 @@ from clues.errors import CluesError
 from clues.io import read_jsonl
 
 
-def _ratio(num: float, den: float) -> float | None:
+def safe_ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
@@ -32,10 +32,10 @@ def selection_metrics(decisions: Sequence[bool], clean: Sequence[bool]) -> dict:
         "clean": tp + fn,
         "kept": tp + fp,
         "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "accuracy": _ratio(tp + tn, len(clean)),
+        "precision": safe_ratio(tp, tp + fp),
+        "recall": safe_ratio(tp, tp + fn),
+        "f1": safe_ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": safe_ratio(tp + tn, len(clean)),
     }
 
 
@@ -60,6 +60,48 @@ def roc_auc(scores: Sequence[float], clean: Sequence[bool]) -> float | None:
         return None
     rank_sum = sum(r for r, c in zip(ranks, clean) if c)
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+ROC_POINTS = 101
+
+
+def roc_curve(scores: Sequence[float], clean: Sequence[bool], points: int = ROC_POINTS) -> list[float] | None:
+    """True-positive rate at ``points`` evenly spaced false-positive rates 0..1 (keeping every record
+    with score >= t, for t from high to low), or None with one class only.
+
+    A fixed FPR grid lets the server average the curves of several silos vertically (Fawcett 2006)
+    without seeing a single score; tied scores move FPR and TPR together (a diagonal segment), so the
+    area under the returned curve matches :func:`roc_auc` up to the grid resolution.
+    """
+    if len(scores) != len(clean):
+        raise ValueError("scores and labels differ in length")
+    positives = sum(1 for c in clean if c)
+    negatives = len(clean) - positives
+    if not positives or not negatives:
+        return None
+    corners = [(0.0, 0.0)]
+    tp = fp = 0
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            tp, fp = (tp + 1, fp) if clean[order[k]] else (tp, fp + 1)
+        corners.append((fp / negatives, tp / positives))
+        i = j + 1
+    curve = []
+    for step in range(points):
+        x = step / (points - 1)
+        # the last corner at or left of x, then linear towards the next one
+        k = max(n for n, (fx, _) in enumerate(corners) if fx <= x + 1e-12)
+        fx, ty = corners[k]
+        if k + 1 < len(corners) and corners[k + 1][0] > fx:
+            nx, ny = corners[k + 1]
+            ty += (ny - ty) * (x - fx) / (nx - fx)
+        curve.append(round(ty, 6))
+    return curve
 
 
 def load_labels(path) -> dict[str, dict]:

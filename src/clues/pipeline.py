@@ -33,11 +33,16 @@ from clues.data import load_many, load_records, record_to_json
 from clues.errors import CluesError
 from clues.io import write_json
 from clues.protocol import BoundaryLog, Message
+from clues.baselines import METHODS
 from clues.select import silo_thresholds
 from clues.silo import Silo
 from clues.stages import Stages, file_digest
 
-SUBSET_OF = {"mixed": "all", "clues": "kept", "oracle": "clean"}
+SUBSET_OF = {"mixed": "all", "oracle": "clean"}  # every selection method trains on "kept:<method>"
+
+
+def subset_of(condition: str) -> str:
+    return SUBSET_OF.get(condition, f"kept:{condition}")
 
 
 def _labels(path: str | None) -> dict[str, dict] | None:
@@ -95,11 +100,11 @@ class Server:
         results = {}
         for name in self.channels:
             key = {"silo": self.silo_digest[name], "config": config, "condition": condition,
-                   "upstream": self._selection_key(name) if condition == "clues" else None}
+                   "upstream": self._selection_key(condition, name) if condition in METHODS else None}
 
             def work(name=name):
                 self.console.rule(f"[bold]{condition}[/bold]: training silo {name}")
-                reply = self._ask(name, protocol.TRAIN, {"tag": condition, "subset": SUBSET_OF[condition], "config": config})
+                reply = self._ask(name, protocol.TRAIN, {"tag": condition, "subset": subset_of(condition), "config": config})
                 if reply.tensors:
                     self._save_adapter(condition, name, reply)
                 return reply.meta
@@ -116,38 +121,48 @@ class Server:
         write_json(folder / "adapter_config.json", reply.meta["adapter_config"])
         return folder
 
-    def score(self) -> dict:
+    def score(self, method: str = "clues") -> dict:
+        """Every silo scores its records and the public anchors with ``method``; replies hold anchor scores and summaries."""
         settings = json.loads(json.dumps(self.config.score.__dict__, default=list))
+        train = self.config.train.to_dict()
         results = {}
         for name in self.channels:
-            key = {"silo": self.silo_digest[name], "train": self.config.train.to_dict(), "score": settings,
-                   "public": self.public_key}
+            key = {"silo": self.silo_digest[name], "train": train, "score": settings, "public": self.public_key,
+                   "method": method}
 
             def work(name=name):
-                self.console.rule(f"[bold]scoring[/bold]: silo {name}")
-                meta = {"run": "mixed", "settings": settings,
+                self.console.rule(f"[bold]scoring ({method})[/bold]: silo {name}")
+                meta = {"run": "mixed", "method": method, "settings": settings, "config": train,
                         "validation": [record_to_json(r) for r in self.validation],
                         "anchor": [record_to_json(r) for r in self.anchor]}
                 return self._ask(name, protocol.SCORE, meta).meta
 
-            results[name] = self.stages.run(f"score-{name}", key, work)
+            results[name] = self.stages.run(f"score-{method}-{name}", key, work)
         return results
 
-    def select(self, scores: dict) -> dict:
+    def select(self, scores: dict, method: str = "clues") -> dict:
+        """tau from ``method``'s own anchor scores; or, for ``random`` and ``--match-count``, CLUES' kept count per silo."""
+        match = method != "clues" and (method == "random" or self.config.select.match_count)
         taus = silo_thresholds({n: s["anchor_scores"] for n, s in scores.items()},
                                self.config.select.policy, self.config.select.mode)
-        self._taus = taus
+        self._taus[method] = taus
         results = {}
         for name in self.channels:
-            key = {"tau": taus[name], "scores": scores[name]["summary"], "silo": self.silo_digest[name]}
+            request = {"method": method}
+            if match:
+                request["count"] = self._selection["clues"][name]["kept"]
+            else:
+                request["tau"] = taus[name]
+            key = {**request, "scores": scores[name]["summary"], "silo": self.silo_digest[name]}
             results[name] = self.stages.run(
-                f"select-{name}", key, lambda name=name: self._ask(name, protocol.SELECT, {"tau": taus[name]}).meta
+                f"select-{method}-{name}", key, lambda name=name, request=request: self._ask(name, protocol.SELECT, request).meta
             )
-        self._selection = results
+        self._selection[method] = results
         return results
 
-    def _selection_key(self, silo: str) -> dict:
-        return {"tau": self._taus[silo], "kept": self._selection[silo]["kept"]}
+    def _selection_key(self, method: str, silo: str) -> dict:
+        chosen = self._selection[method][silo]
+        return {"tau": chosen.get("tau"), "count": chosen.get("count"), "kept": chosen["kept"]}
 
     def merge(self, condition: str, trained: dict) -> Path | None:
         from clues.collab.merge import merge_adapters
@@ -197,13 +212,14 @@ class Server:
 
         started = time.perf_counter()
         conditions = self.config.conditions
-        trained, selection, scores = {}, {}, {}
+        trained, scores = {}, {}
+        self._taus, self._selection = {}, {}
         if "mixed" in conditions:
             trained["mixed"] = self.train_condition("mixed")
-        if "clues" in conditions:
-            scores = self.score()
-            selection = self.select(scores)
-            trained["clues"] = self.train_condition("clues")
+        for method in (m for m in METHODS if m in conditions):  # CLUES first: random and --match-count need its counts
+            scores[method] = self.score(method)
+            self.select(scores[method], method)
+            trained[method] = self.train_condition(method)
         if "oracle" in conditions:
             trained["oracle"] = self.train_condition("oracle")
         evaluated = {}
@@ -215,8 +231,11 @@ class Server:
         add_oracle_gain(evaluated)
         results = {
             "conditions": evaluated,
-            "selection": {"clues": {n: {**sel, "auroc": sel.get("auroc"), "tau": sel["tau"]} for n, sel in selection.items()}} if selection else {},
-            "scores": {n: {k: s[k] for k in ("summary", "histogram", "checkpoints", "etas") if k in s} for n, s in scores.items()},
+            "selection": self._selection,
+            "scores": {m: {n: {k: s[k] for k in ("summary", "histogram", "checkpoints", "etas", "auroc", "roc") if k in s}
+                           for n, s in per_silo.items()} for m, per_silo in scores.items()},
+            "scoring_seconds": {m: round(sum(self.stages.timing.get(f"score-{m}-{n}", 0.0) for n in self.channels), 3)
+                                for m in scores},
             "training": trained,
             "timing": {**self.stages.timing, "total": round(time.perf_counter() - started, 3)},
             "config": self.config.to_dict(),
@@ -228,8 +247,9 @@ class Server:
     def _report(self, results: dict) -> None:
         from clues.report import write_report
 
+        clues_scores = results["scores"].get("clues")
         score_data = {
             name: {"histogram": s["histogram"], "tau": results["selection"]["clues"][name]["tau"]}
-            for name, s in results["scores"].items()
-        } if results.get("selection") else None
+            for name, s in clues_scores.items()
+        } if clues_scores else None
         write_report(results, self.out, score_data)

@@ -22,8 +22,8 @@ CLEAN_COLOR = "#2b8cbe"
 CORRUPT_COLOR = "#e6550d"
 UNLABELLED_COLOR = "#737373"
 TAU_COLOR = "#222222"
-# One colour per condition / method, in order of appearance (colour-blind friendly "tab10" subset).
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+# One colour per condition / method, in order of appearance (matplotlib's colour-blind friendly "tab10").
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
@@ -137,5 +137,39 @@ def round_curves(curves: Mapping[str, Sequence[Mapping]], path: str | os.PathLik
     ax.set_ylabel("global test loss (macro mean over domains)")
     ax.set_title("Federated: global model's held-out loss after each round")
     ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def roc_curves(curves: Mapping[str, Sequence[float]], path: str | os.PathLike) -> None:
+    """One ROC curve per method: true-positive rate (clean kept) against false-positive rate
+    (corrupted kept), each curve given as TPR on an even FPR grid from 0 to 1 (``{method: [tpr]}``)."""
+    fig = Figure(figsize=(5.2, 4.8))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1, label="chance")
+    for k, (method, tpr) in enumerate(curves.items()):
+        fpr = [i / (len(tpr) - 1) for i in range(len(tpr))]
+        ax.plot(fpr, tpr, color=PALETTE[k % len(PALETTE)], linewidth=1.6, label=method)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false-positive rate (share of corrupted records kept)")
+    ax.set_ylabel("true-positive rate (share of clean records kept)")
+    ax.set_title("ROC per method (silos averaged vertically)")
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def sweep_lines(values: Mapping[str, Mapping[float, float]], path: str | os.PathLike, ylabel: str, title: str) -> None:
+    """One line per method over the pollution share (``{method: {pollution: value}}``)."""
+    fig = Figure(figsize=(5.6, 4.0))
+    ax = fig.subplots()
+    for k, (method, points) in enumerate(values.items()):
+        xs = sorted(x for x, y in points.items() if y is not None)
+        ax.plot([100 * x for x in xs], [points[x] for x in xs], marker="o", color=PALETTE[k % len(PALETTE)], label=method)
+    ax.set_xlabel("pollution in every silo (%)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     _save(fig, path)

@@ -25,6 +25,7 @@ SCORE_PLOT = "score_histograms.png"
 LOSS_PLOT = "test_loss.png"
 KEPT_PLOT = "kept_vs_clean.png"
 ROUNDS_PLOT = "federated_rounds.png"
+ROC_PLOT = "roc_curves.png"
 SELECTION_METRICS = ("precision", "recall", "f1", "accuracy", "auroc")
 
 
@@ -36,7 +37,7 @@ class Table:
     note: str = ""
 
 
-def _num(value, digits: int = 4) -> str:
+def fmt_num(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, bool) or isinstance(value, int):
@@ -44,7 +45,7 @@ def _num(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def _pct(value) -> str:
+def fmt_pct(value) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
@@ -65,8 +66,8 @@ def loss_table(results: Mapping) -> Table | None:
     for name, c in conditions.items():
         losses = c.get("test_loss", {})
         rows.append(
-            [name] + [_num(losses.get(d)) for d in domains]
-            + [_num(c.get("mean_test_loss")), _pct(c.get("oracle_gain_recovered"))]
+            [name] + [fmt_num(losses.get(d)) for d in domains]
+            + [fmt_num(c.get("mean_test_loss")), fmt_pct(c.get("oracle_gain_recovered"))]
         )
     return Table(
         "Test loss by condition",
@@ -96,7 +97,7 @@ def gain_table(results: Mapping) -> Table | None:
             if name in (mixed_name, oracle_name) or name.startswith("fl-") != bool(prefix):
                 continue
             gains = oracle_gain_recovered(mixed, c.get("test_loss", {}), oracle)["per_domain"]
-            rows.append([name] + [_pct(gains.get(d)) for d in domains])
+            rows.append([name] + [fmt_pct(gains.get(d)) for d in domains])
     if not rows:
         return None
     return Table("Oracle gain recovered per domain", ["condition"] + domains, rows,
@@ -115,7 +116,7 @@ def accuracy_table(results: Mapping) -> Table | None:
     if not conditions:
         return None
     domains = sorted({d for acc in conditions.values() for d in acc})
-    rows = [[n] + [_pct(acc.get(d)) for d in domains] for n, acc in conditions.items()]
+    rows = [[n] + [fmt_pct(acc.get(d)) for d in domains] for n, acc in conditions.items()]
     return Table("Multiple-choice accuracy", ["condition"] + domains, rows,
                  "Share of questions whose right option has the lowest response loss.")
 
@@ -162,8 +163,8 @@ def selection_tables(results: Mapping, score_data: Mapping | None = None) -> lis
         for silo, s in silos.items():
             kept, total = s.get("kept"), _total(s)
             rows.append(
-                [silo, f"{kept}/{total}", _pct(kept / total if total else None), _pct(clean.get(silo)), _num(s.get("tau"), 4)]
-                + [_num(s.get(m), 3) for m in SELECTION_METRICS]
+                [silo, f"{kept}/{total}", fmt_pct(kept / total if total else None), fmt_pct(clean.get(silo)), fmt_num(s.get("tau"), 4)]
+                + [fmt_num(s.get(m), 3) for m in SELECTION_METRICS]
             )
         tables.append(Table(
             f"Selection: {method}",
@@ -172,6 +173,74 @@ def selection_tables(results: Mapping, score_data: Mapping | None = None) -> lis
             "High quality (clean) is the positive class; – where labels were not given.",
         ))
     return tables
+
+
+def pooled_selection(results: Mapping, condition: str) -> dict | None:
+    """Selection metrics of one condition over all silos pooled (counts summed), AUROC the mean within-silo AUROC.
+
+    ``mixed`` keeps everything and ``oracle`` exactly the clean records, so their rows follow from the
+    silos' clean counts; selection methods from their silos' confusion counts. None without labels.
+    """
+    from clues.metrics import safe_ratio
+
+    selection = results.get("selection") or {}
+    any_method = next(iter(selection.values()), {})
+    reference = condition.removeprefix("fl-")
+    if reference in ("mixed", "oracle"):
+        if not any_method or any("clean_total" not in s for s in any_method.values()):
+            return None
+        clean = sum(s["clean_total"] for s in any_method.values())
+        total = sum(_total(s) for s in any_method.values())
+        tp, fp, tn = clean, (total - clean if reference == "mixed" else 0), (0 if reference == "mixed" else total - clean)
+        fn, auroc = 0, None
+    elif condition in selection and all("tp" in s for s in selection[condition].values()):
+        silos = selection[condition].values()
+        tp, fp, fn, tn = (sum(s[k] for s in silos) for k in ("tp", "fp", "fn", "tn"))
+        aurocs = [s["auroc"] for s in silos if s.get("auroc") is not None]
+        auroc = sum(aurocs) / len(aurocs) if aurocs else None
+    else:
+        return None
+    total = tp + fp + fn + tn
+    return {"precision": safe_ratio(tp, tp + fp), "recall": safe_ratio(tp, tp + fn), "f1": safe_ratio(2 * tp, 2 * tp + fp + fn),
+            "accuracy": safe_ratio(tp + tn, total), "auroc": auroc, "kept": safe_ratio(tp + fp, total)}
+
+
+def methods_table(results: Mapping) -> Table | None:
+    """The benchmark table: per condition, selection quality (pooled over silos), the collaborative
+    model's test loss per domain, the oracle gain recovered and the scoring wall time."""
+    conditions = results.get("conditions") or {}
+    if len(results.get("selection") or {}) < 2:  # a plain run: the loss and selection tables say it all
+        return None
+    domains = _domains(conditions)
+    seconds = results.get("scoring_seconds") or {}
+    rows = []
+    for name, c in conditions.items():
+        if name == "base":
+            continue
+        pooled = pooled_selection(results, name) or {}
+        losses = c.get("test_loss", {})
+        rows.append([name] + [fmt_num(pooled.get(m), 3) for m in SELECTION_METRICS] + [fmt_pct(pooled.get("kept"))]
+                    + [fmt_num(losses.get(d)) for d in domains]
+                    + [fmt_num(c.get("mean_test_loss")), fmt_pct(c.get("oracle_gain_recovered")), fmt_num(seconds.get(name), 1)])
+    return Table(
+        "Methods compared",
+        ["method"] + list(SELECTION_METRICS) + ["kept %"] + [f"loss {d}" for d in domains]
+        + ["mean loss", "oracle gain", "scoring s"],
+        rows,
+        "Selection metrics pooled over all silos (clean = positive class; AUROC is the mean within-silo AUROC); "
+        "test loss of the merged model per domain (lower is better); scoring s = wall time of the method's "
+        "scoring in all silos together.",
+    )
+
+
+def roc_by_method(results: Mapping) -> dict[str, list[float]]:
+    """``{method: mean TPR curve}``: the silos' ROC curves (TPR on one FPR grid) averaged vertically."""
+    curves = {}
+    for method, silos in (results.get("scores") or {}).items():
+        rocs = [s["roc"] for s in silos.values() if isinstance(s, Mapping) and s.get("roc")]
+        if rocs:
+            curves[method] = [sum(values) / len(values) for values in zip(*rocs)]
+    return curves
 
 
 def timing_table(results: Mapping) -> Table | None:
@@ -191,7 +260,7 @@ def federated_rounds_table(results: Mapping) -> Table | None:
         return None
     rounds = sorted({p["round"] for points in curves.values() for p in points})
     by_round = {c: {p["round"]: p.get("mean_test_loss") for p in points} for c, points in curves.items()}
-    rows = [[str(r)] + [_num(by_round[c].get(r)) for c in curves] for r in rounds]
+    rows = [[str(r)] + [fmt_num(by_round[c].get(r)) for c in curves] for r in rounds]
     fed = results["federated"]
     note = (f"Macro-mean test loss of the global adapter after each round ({fed.get('engine', '?')} engine, "
             f"{len(fed.get('silos', []))} silos). ")
@@ -214,14 +283,14 @@ def merging_vs_federated_table(results: Mapping) -> Table | None:
     rows = []
     for merging, federated in pairs:
         a, b = conditions[merging], conditions[federated]
-        rows.append([merging, _num(a.get("mean_test_loss")), _num(b.get("mean_test_loss")),
-                     _pct(a.get("oracle_gain_recovered")), _pct(b.get("oracle_gain_recovered"))])
+        rows.append([merging, fmt_num(a.get("mean_test_loss")), fmt_num(b.get("mean_test_loss")),
+                     fmt_pct(a.get("oracle_gain_recovered")), fmt_pct(b.get("oracle_gain_recovered"))])
     return Table("Merging vs. federated", ["condition", "merging loss", "federated loss", "merging gain", "federated gain"],
                  rows, "Mean test loss and oracle gain recovered of each condition, merged adapters (TIES) vs. FedAvg.")
 
 
 def all_tables(results: Mapping, score_data: Mapping | None = None) -> list[Table]:
-    tables = [loss_table(results), gain_table(results), accuracy_table(results),
+    tables = [methods_table(results), loss_table(results), gain_table(results), accuracy_table(results),
               federated_rounds_table(results), merging_vs_federated_table(results)]
     tables += selection_tables(results, score_data)
     tables.append(timing_table(results))
@@ -257,6 +326,10 @@ def write_plots(results: Mapping, out_dir: str | os.PathLike, score_data: Mappin
     if curves:
         plots.round_curves(curves, out_dir / ROUNDS_PLOT)
         written["Federated: global test loss after each round"] = out_dir / ROUNDS_PLOT
+    roc = roc_by_method(results)
+    if roc:
+        plots.roc_curves(roc, out_dir / ROC_PLOT)
+        written["ROC curve of each method (silos averaged)"] = out_dir / ROC_PLOT
     points = kept_points(results, score_data)
     if points:
         plots.kept_vs_clean(points, out_dir / KEPT_PLOT)
@@ -305,8 +378,8 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 TITLE = "CLUES run report"
 
 
-def render_markdown(tables: list[Table], figures: Mapping[str, Path], config) -> str:
-    parts = [f"# {TITLE}\n"]
+def render_markdown(tables: list[Table], figures: Mapping[str, Path], config, title: str = TITLE) -> str:
+    parts = [f"# {title}\n"]
     parts += [table_markdown(t) for t in tables]
     if figures:
         parts.append("## Plots\n")
@@ -316,10 +389,10 @@ def render_markdown(tables: list[Table], figures: Mapping[str, Path], config) ->
     return "\n".join(parts)
 
 
-def render_html(tables: list[Table], figures: Mapping[str, Path], config) -> str:
+def render_html(tables: list[Table], figures: Mapping[str, Path], config, title: str = TITLE) -> str:
     parts = [
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-        f"<title>{TITLE}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>{TITLE}</h1>\n",
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n",
     ]
     parts += [table_html(t) for t in tables]
     if figures:
@@ -361,11 +434,13 @@ def print_summary(results: Mapping, console, score_data: Mapping | None = None) 
     """Print the test-loss table and the per-silo selection tables to a rich console."""
     from rich.table import Table as RichTable
 
-    wanted = [loss_table(results), gain_table(results), merging_vs_federated_table(results)] + selection_tables(results, score_data)
+    wanted = [methods_table(results) or loss_table(results), gain_table(results), merging_vs_federated_table(results)]
+    if methods_table(results) is None:
+        wanted += selection_tables(results, score_data)
     for table in (t for t in wanted if t is not None):
         rich_table = RichTable(title=table.title, title_justify="left")
         for i, header in enumerate(table.headers):
-            rich_table.add_column(header, justify="left" if i == 0 else "right")
+            rich_table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
         for row in table.rows:
             rich_table.add_row(*row)
         console.print(rich_table)

@@ -87,3 +87,16 @@ def summary(decisions: Sequence[bool]) -> dict:
     kept = sum(1 for d in decisions if d)
     total = len(decisions)
     return {"kept": kept, "total": total, "kept_ratio": kept / total if total else 0.0}
+
+
+def select_top(scores: Sequence[float], count: int) -> list[bool]:
+    """Keep decision per record: the ``count`` highest scores (ties broken by position, NaN last).
+
+    The ``--match-count`` mode and ``random``: every method keeps, per silo, as many records as CLUES
+    kept, so the comparison measures ranking alone, not where each method's threshold falls.
+    """
+    if count < 0:
+        raise CluesError(f"cannot keep {count} records")
+    order = sorted(range(len(scores)), key=lambda i: (not math.isfinite(scores[i]), -scores[i] if math.isfinite(scores[i]) else 0.0, i))
+    chosen = set(order[:count])
+    return [i in chosen for i in range(len(scores))]

@@ -26,9 +26,9 @@ from clues.data import Record, record_from_dict, record_to_json
 from clues.errors import CluesError
 from clues.histogram import score_histogram
 from clues.io import write_json, write_jsonl
-from clues.metrics import roc_auc, selection_metrics
+from clues.metrics import roc_auc, roc_curve, selection_metrics
 from clues.protocol import Message
-from clues.select import select, summary
+from clues.select import select, select_top, summary
 from clues.silo_federated import FederatedSilo
 from clues.train import TrainConfig, train
 
@@ -67,8 +67,8 @@ class Silo(FederatedSilo):
             if missing:
                 raise CluesError(f"silo {name!r}: {len(missing)} records have no label (e.g. {missing[0]!r})")
         self._console = console
-        self._scores: list[float] | None = None
-        self._kept: list[Record] | None = None
+        self._scores: dict[str, list[float]] = {}  # per selection method
+        self._kept: dict[str, list[Record]] = {}
         self.domains = tuple(sorted({r.domain for r in self._records if r.domain}))
 
     # -- the one entry point --------------------------------------------------------------------
@@ -82,16 +82,22 @@ class Silo(FederatedSilo):
         raise CluesError(f"silo {self.name!r} cannot answer a {message.kind!r} message")
 
     # -- handlers ---------------------------------------------------------------------------------
+    def _file(self, stem: str, method: str, suffix: str = ".jsonl") -> Path:
+        """``scores.jsonl`` / ``kept.jsonl`` for CLUES (the files `clues select` reads), ``scores-<method>.jsonl`` for baselines."""
+        return self._workdir / (f"{stem}{suffix}" if method == "clues" else f"{stem}-{method}{suffix}")
+
     def _subset(self, which: str) -> list[Record]:
+        """``all``, ``clean`` (labels), ``kept`` (CLUES' selection) or ``kept:<method>``."""
         if which == "all":
             return self._records
-        if which == "kept":
-            if self._kept is None:
-                kept_file = self._workdir / "kept.jsonl"
+        if which == "kept" or which.startswith("kept:"):
+            method = which.partition(":")[2] or "clues"
+            if method not in self._kept:
+                kept_file = self._file("kept", method)
                 if not kept_file.exists():
-                    raise CluesError(f"silo {self.name!r}: no selection yet; score and select first")
-                self._kept = self._load_private(kept_file)
-            return self._kept
+                    raise CluesError(f"silo {self.name!r}: no {method} selection yet; score and select first")
+                self._kept[method] = self._load_private(kept_file)
+            return self._kept[method]
         if which == "clean":
             if self._labels is None:
                 raise CluesError("the oracle condition needs labels (--labels)")
@@ -121,31 +127,51 @@ class Silo(FederatedSilo):
         tensors = load_file(str(final / "adapter_model.safetensors")) if meta.get("return_adapter", True) else {}
         return Message(protocol.ADAPTER, reply, tensors)
 
+    def _warmup_dir(self, run: str) -> Path | None:
+        latest = self._workdir / "runs" / f"{run}.latest"
+        return self._workdir / "runs" / latest.read_text(encoding="utf-8").strip() if latest.exists() else None
+
     def _score(self, meta: dict) -> Message:
+        """Score own records and the public anchors with ``meta["method"]`` (default CLUES); keep the scores here."""
+        from clues.baselines import NEEDS_WARMUP, ScoringInputs, check_methods, score_records
         from clues.scoring.engine import ScoreSettings, score_run
 
-        latest = self._workdir / "runs" / f"{meta['run']}.latest"
-        if not latest.exists():
-            raise CluesError(f"silo {self.name!r}: no training run {meta['run']!r} to score with")
-        run_dir = self._workdir / "runs" / latest.read_text(encoding="utf-8").strip()
+        method = meta.get("method", "clues")
+        check_methods([method])
+        run_dir = self._warmup_dir(meta.get("run", "mixed"))
+        if run_dir is None and method in NEEDS_WARMUP:
+            raise CluesError(f"silo {self.name!r}: no training run {meta.get('run', 'mixed')!r} to score with")
         validation = [record_from_dict(r, "validation", n) for n, r in enumerate(meta["validation"], 1)]
         anchors = [record_from_dict(r, "anchor", n) for n, r in enumerate(meta["anchor"], 1)]
         settings = _config_from(meta.get("settings", {}), ScoreSettings)
         if settings.domains is None and self.domains:
             settings = replace(settings, domains=self.domains)
-        result = score_run(run_dir, {"data": self._records, "anchor": anchors}, validation, settings, console=self._console)
-        scores = result.total("data").tolist()
-        self._scores = scores
-        per_checkpoint = result.per_checkpoint["data"].tolist()
-        write_jsonl(self._workdir / "scores.jsonl", (
-            {"id": r.id, "score": s, "per_checkpoint": pc} for r, s, pc in zip(self._records, scores, per_checkpoint)
+        sets = {"data": self._records, "anchor": anchors}
+        reply: dict = {}
+        if method == "clues":
+            result = score_run(run_dir, sets, validation, settings, console=self._console)
+            totals = {name: result.total(name) for name in sets}
+            per_checkpoint = result.per_checkpoint["data"].tolist()
+            reply.update(checkpoints=result.checkpoints, etas=result.etas)
+        else:
+            train = TrainConfig.from_dict(meta["config"]) if meta.get("config") else TrainConfig()
+            inputs = ScoringInputs(base_model=train.model, validation=validation, settings=settings, run_dir=run_dir,
+                                   max_length=train.max_length, template=train.template, seed=settings.seed,
+                                   console=self._console)
+            totals = score_records(method, inputs, sets)
+            per_checkpoint = None
+        scores = totals["data"].tolist()
+        self._scores[method] = scores
+        self._kept.pop(method, None)
+        write_jsonl(self._file("scores", method), (
+            {"id": r.id, "score": s, **({"per_checkpoint": per_checkpoint[i]} if per_checkpoint else {})}
+            for i, (r, s) in enumerate(zip(self._records, scores))
         ))
         clean = [self._labels[r.id] for r in self._records] if self._labels is not None else None
         values = torch.tensor(scores, dtype=torch.float64)
-        reply = {
-            "anchor_scores": result.total("anchor").tolist(),
-            "checkpoints": result.checkpoints,
-            "etas": result.etas,
+        reply.update({
+            "method": method,
+            "anchor_scores": totals["anchor"].tolist(),
             "summary": {
                 "count": len(scores),
                 "mean": float(values.mean()),
@@ -153,27 +179,36 @@ class Silo(FederatedSilo):
                 "quantiles": {str(q): float(torch.quantile(values, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
             },
             "histogram": score_histogram(scores, clean),
-        }
-        if clean is not None:
+        })
+        if clean is not None:  # benchmarks only: aggregate quality of the ranking, never a record's label
             reply["auroc"] = roc_auc(scores, clean)
+            reply["roc"] = roc_curve(scores, clean)
         return Message(protocol.SCORES, reply)
 
     def _select(self, meta: dict) -> Message:
-        if self._scores is None:
-            scores_file = self._workdir / "scores.jsonl"
+        """Keep ``score >= tau``, or (``count``) the ``count`` best records; report counts (and metrics with labels)."""
+        method = meta.get("method", "clues")
+        if method not in self._scores:
+            scores_file = self._file("scores", method)
             if not scores_file.exists():
-                raise CluesError(f"silo {self.name!r}: no scores yet; score first")
+                raise CluesError(f"silo {self.name!r}: no {method} scores yet; score first")
             with open(scores_file, encoding="utf-8") as handle:
-                self._scores = [json.loads(line)["score"] for line in handle if line.strip()]
-        tau = float(meta["tau"])
-        decisions = select(self._scores, tau)
-        self._kept = [r for r, keep in zip(self._records, decisions) if keep]
-        write_jsonl(self._workdir / "kept.jsonl", (record_to_json(r) for r in self._kept))
-        reply = {"tau": tau, **summary(decisions)}
+                self._scores[method] = [json.loads(line)["score"] for line in handle if line.strip()]
+        scores = self._scores[method]
+        if meta.get("count") is not None:
+            decisions = select_top(scores, int(meta["count"]))
+            reply = {"tau": None, "count": int(meta["count"])}
+        else:
+            tau = float(meta["tau"])
+            decisions = select(scores, tau)
+            reply = {"tau": tau}
+        self._kept[method] = [r for r, keep in zip(self._records, decisions) if keep]
+        write_jsonl(self._file("kept", method), (record_to_json(r) for r in self._kept[method]))
+        reply.update(summary(decisions))
         if self._labels is not None:
             clean = [self._labels[r.id] for r in self._records]
             reply["clean_total"] = sum(clean)
             reply.update(selection_metrics(decisions, clean))
-            reply["auroc"] = roc_auc(self._scores, clean)
-        write_json(self._workdir / "selection.json", reply)
+            reply["auroc"] = roc_auc(scores, clean)
+        write_json(self._file("selection", method, ".json"), reply)
         return Message(protocol.SELECTION, reply)

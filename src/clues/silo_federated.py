@@ -154,7 +154,8 @@ class FederatedSilo:
             {"id": r.id, "score": s, "per_checkpoint": [columns[name][i] for name in names]}
             for i, (r, s) in enumerate(zip(self._records, totals))
         ))
-        self._scores, self._kept = totals, None
+        self._scores["clues"] = totals
+        self._kept.pop("clues", None)
         clean = [self._labels[r.id] for r in self._records] if self._labels is not None else None
         values = torch.tensor(totals, dtype=torch.float64)
         reply.update(

@@ -98,11 +98,23 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the benchmark build."),
 ) -> None:
     """The whole method on a shipped benchmark with known pollution, on the shipped default model."""
+    started = time.perf_counter()
+    values = benchmark_values(out, scenario, seed)
+    values.update(conditions=["base", "mixed", "clues", "oracle"], _source=f"clues demo --scenario {scenario}")
+    _execute(values)
+    console.print(f"demo wall time: {time.perf_counter() - started:.0f} s")
+
+
+def benchmark_values(out: Path, scenario: str, seed: int, run_folder: str = "run") -> dict:
+    """Build (or reuse) the shipped benchmark ``scenario`` under ``out/benchmark``; return run values for it
+    (the run's outputs in ``out/<run_folder>``).
+
+    A folder already holding another scenario or seed is an error rather than a silent mix of two benchmarks.
+    """
     import json
 
     from clues.data.build import build_benchmark
 
-    started = time.perf_counter()
     bench = out / "benchmark"
     manifest = bench / "manifest.json"
     if manifest.exists():
@@ -111,16 +123,11 @@ def demo(
             raise CluesError(f"{bench} holds scenario {found.get('scenario')!r} seed {found.get('seed')}; use another --out")
     else:
         build_benchmark(scenario, bench, seed=seed)
-    silos = {p.stem: str(p) for p in sorted((bench / "silos").glob("*.jsonl"))}
-    values = {
-        "silos": silos,
+    return {
+        "silos": {p.stem: str(p) for p in sorted((bench / "silos").glob("*.jsonl"))},
         "validation": str(bench / "validation.jsonl"),
         "anchor": str(bench / "anchor.jsonl"),
         "test": str(bench / "test.jsonl"),
         "labels": str(bench / "labels.jsonl"),
-        "out": str(out / "run"),
-        "conditions": ["base", "mixed", "clues", "oracle"],
-        "_source": f"clues demo --scenario {scenario}",
+        "out": str(out / run_folder),
     }
-    _execute(values)
-    console.print(f"demo wall time: {time.perf_counter() - started:.0f} s")

@@ -60,6 +60,29 @@ class Scenario:
 
 MMED_LANGUAGES = ("en", "zh", "ja", "fr", "ru", "es")
 
+MIXED_DOMAINS = (
+    Domain("medical", "medmeadow", validation=50, test=50),
+    Domain("finance", "fiqa", validation=50, test=50),
+    Domain("medical-mcq", "mmed_mcq", validation=50, test=50, language="en"),
+    Domain("medical-zh", "mmed_mcq", validation=50, test=50, language="zh"),
+)
+# The pollution sweep (the paper's Fig. 4): the demo's four domains, every silo polluted alike.
+POLLUTION_SWEEP = (0.2, 0.5, 0.8)
+
+
+def _pollution(share: float) -> Scenario:
+    percent = round(100 * share)
+    return Scenario(
+        name=f"pollution-{percent}",
+        description=f"The pollution sweep at {percent}%: the demo's four domains and silos, every silo {percent}% polluted.",
+        domains=MIXED_DOMAINS,
+        silos=tuple(Silo(name, domain, 150, share) for name, domain in
+                    (("clinic", "medical"), ("bank", "finance"), ("exam-board", "medical-mcq"), ("hospital-zh", "medical-zh"))),
+        max_bytes=1200,
+        foreign_sources=("casimedicos",),
+    )
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -67,12 +90,7 @@ SCENARIOS: dict[str, Scenario] = {
             name="mixed",
             description="The demo default: four silos of four domains (medical, finance, medical MCQ in English "
             "and in Chinese) at 20/50/70/30% pollution; short records, small enough for a CPU demo.",
-            domains=(
-                Domain("medical", "medmeadow", validation=50, test=50),
-                Domain("finance", "fiqa", validation=50, test=50),
-                Domain("medical-mcq", "mmed_mcq", validation=50, test=50, language="en"),
-                Domain("medical-zh", "mmed_mcq", validation=50, test=50, language="zh"),
-            ),
+            domains=MIXED_DOMAINS,
             silos=(
                 Silo("clinic", "medical", 150, 0.2),
                 Silo("bank", "finance", 150, 0.5),
@@ -111,6 +129,7 @@ SCENARIOS: dict[str, Scenario] = {
                 for i, p in enumerate((0.2, 0.3, 0.4, 0.25, 0.35, 0.3, 0.2, 0.4, 0.35, 0.25), start=1)
             ),
         ),
+        *(_pollution(share) for share in POLLUTION_SWEEP),
     )
 }
 

@@ -24,6 +24,8 @@ ARRAYS, CLUES, METRICS = "arrays", "clues", "metrics"
 # Flower message types (``<category>.<action>``) per clues request kind.
 MESSAGE_TYPES = {
     protocol.FIT: "train",
+    protocol.TRAIN: "train",  # a local warm-up run (LESS and DataInf baselines need one)
+    protocol.SCORE: "query.score",  # a baseline scored inside the silo
     protocol.HELLO: "query.hello",
     protocol.FED_SCORE: "query.score",
     protocol.SELECT: "query.select",
