@@ -46,6 +46,18 @@ def tiny_tokenizer():
     return _tiny_tokenizer()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread is many times faster than several fighting over a shared CPU
+    (module-scoped: the modules of exact gradient tests request it through their setup fixture)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_tiny_llama(tokenizer, seed: int = 0, layers: int = 2):
     """A random Llama with q/k/v/o projections like the real ones, small enough for exact tests."""
     import torch

@@ -22,15 +22,6 @@ from test_scoring import B1, B2, EPS, SUBSETS, _make_run, _records, _reference_r
 OWN = ("finance",)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is many times faster than several fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(one_thread, tmp_path_factory, tiny_tokenizer):
     from conftest import make_tiny_llama

@@ -151,15 +151,6 @@ def _reference_scores(raw, which, kind, subset, own=("finance",), w_other=1.0, p
     return totals
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is many times faster than several fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(one_thread, tmp_path_factory, tiny_tokenizer):
     from conftest import make_tiny_llama

@@ -41,12 +41,11 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from clues.baselines import METHODS
 from clues.errors import CluesError
 from clues.scoring.engine import ScoreSettings
 from clues.select import MODES, parse_policy
 from clues.train import TrainConfig
-
-from clues.baselines import METHODS
 
 # Conditions that are not selection methods: the base model alone, all records, the clean records.
 REFERENCES = ("base", "mixed", "oracle")

@@ -14,6 +14,11 @@
 4. ``fl-clues``: FedAvg rounds from the same initial adapter on the kept records; ``fl-oracle``
    (labelled benchmarks) on the clean records.
 
+Baselines (``clues bench --collab federated``): every other selection method scores inside the silos
+(:mod:`clues.baselines`; LESS and DataInf on a local warm-up run each silo trains once), its global tau
+comes from its own anchor scores (``random`` and ``--match-count``: CLUES' count per silo), and
+``fl-<method>`` runs FedAvg rounds on what each silo kept.
+
 After every round the server evaluates the global adapter on the public test set per domain (the
 per-round curves); at the end each condition gets the full evaluation of ``results.json``.
 

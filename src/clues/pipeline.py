@@ -27,13 +27,13 @@ from pathlib import Path
 from rich.console import Console
 
 from clues import protocol
+from clues.baselines import METHODS
 from clues.channel import LocalChannel
 from clues.config import RunConfig
 from clues.data import load_many, load_records, record_to_json
 from clues.errors import CluesError
 from clues.io import write_json
 from clues.protocol import BoundaryLog, Message
-from clues.baselines import METHODS
 from clues.select import silo_thresholds
 from clues.silo import Silo
 from clues.stages import Stages, file_digest

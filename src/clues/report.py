@@ -434,8 +434,9 @@ def print_summary(results: Mapping, console, score_data: Mapping | None = None) 
     """Print the test-loss table and the per-silo selection tables to a rich console."""
     from rich.table import Table as RichTable
 
-    wanted = [methods_table(results) or loss_table(results), gain_table(results), merging_vs_federated_table(results)]
-    if methods_table(results) is None:
+    methods = methods_table(results)  # a benchmark: one row per method replaces the per-silo tables
+    wanted = [methods or loss_table(results), gain_table(results), merging_vs_federated_table(results)]
+    if methods is None:
         wanted += selection_tables(results, score_data)
     for table in (t for t in wanted if t is not None):
         rich_table = RichTable(title=table.title, title_justify="left")
