@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Mapping
@@ -21,6 +22,7 @@ from typing import Mapping
 import torch
 from safetensors.torch import load_file
 
+from clues import checkpoint as ckpt
 from clues import protocol
 from clues.data import Record, record_from_dict, record_to_json
 from clues.errors import CluesError
@@ -38,6 +40,19 @@ def _config_from(meta: dict, cls):
     known = {f.name for f in fields(cls)}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta.items() if k in known}
     return cls(**values)
+
+
+@contextmanager
+def _scoring_progress(console, method: str, total: int | None):
+    """A rich bar for a silo's scoring: records done of ``total``, or elapsed time alone when the
+    method does not report progress (the baselines). Yields the ``advance(n)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn(f"scoring ({method})")]
+    columns += [BarColumn(), MofNCompleteColumn(), TextColumn("records")] if total else [SpinnerColumn()]
+    with Progress(*columns, TimeElapsedColumn(), console=console, disable=console is None, transient=False) as bar:
+        task = bar.add_task("score", total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def _records_digest(records: list[Record]) -> str:
@@ -149,7 +164,9 @@ class Silo(FederatedSilo):
         sets = {"data": self._records, "anchor": anchors}
         reply: dict = {}
         if method == "clues":
-            result = score_run(run_dir, sets, validation, settings, console=self._console)
+            total = len(ckpt.list_checkpoints(run_dir)) * (len(validation) + len(self._records) + len(anchors))
+            with _scoring_progress(self._console, method, total) as advance:
+                result = score_run(run_dir, sets, validation, settings, progress=advance, console=self._console)
             totals = {name: result.total(name) for name in sets}
             per_checkpoint = result.per_checkpoint["data"].tolist()
             reply.update(checkpoints=result.checkpoints, etas=result.etas)
@@ -158,7 +175,8 @@ class Silo(FederatedSilo):
             inputs = ScoringInputs(base_model=train.model, validation=validation, settings=settings, run_dir=run_dir,
                                    max_length=train.max_length, template=train.template, seed=settings.seed,
                                    console=self._console)
-            totals = score_records(method, inputs, sets)
+            with _scoring_progress(self._console, method, None):
+                totals = score_records(method, inputs, sets)
             per_checkpoint = None
         scores = totals["data"].tolist()
         self._scores[method] = scores
