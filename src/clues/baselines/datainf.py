@@ -29,8 +29,7 @@ import torch
 
 from clues.data.records import Record
 from clues.errors import CluesError
-from clues.baselines.warmup import open_warmup
-from clues.scoring.engine import validation_weights
+from clues.scoring.engine import open_run, validation_weights
 
 # DataInf's damping: a tenth of the mean squared gradient entry of the layer (Kwon et al. 2024, section 3).
 DAMPING_SCALE = 0.1
@@ -45,7 +44,8 @@ def datainf_scores(inputs, record_sets: Mapping[str, Sequence[Record]]) -> dict[
     data = record_sets["data"]
     if not data:
         raise CluesError("datainf builds its Hessian approximation from the silo's records, and there are none")
-    run = open_warmup(inputs, record_sets, "datainf", last_only=True)
+    run = open_run(inputs.warmup_run("datainf"), record_sets, inputs.validation, inputs.settings, inputs.base_model,
+                   inputs.console, method="datainf", last_only=True)
     scorer, data_enc = run.scorer, run.sets["data"]
     settings = inputs.settings
     domains = settings.domains

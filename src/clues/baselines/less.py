@@ -20,12 +20,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from clues import checkpoint as ckpt
-from clues.baselines.warmup import open_warmup
 from clues.data.records import Record
-from clues.errors import CluesError
-from clues.scoring.engine import _checkpoint_eta, _hyper, _load_adapter
-from clues.scoring.preconditioners import needs_moments
+from clues.scoring.engine import checkpoint_state, open_run
 
 
 def _unit_rows(G: torch.Tensor) -> torch.Tensor:
@@ -35,7 +31,8 @@ def _unit_rows(G: torch.Tensor) -> torch.Tensor:
 
 
 def less_scores(inputs, record_sets: Mapping[str, Sequence[Record]]) -> dict[str, torch.Tensor]:
-    run = open_warmup(inputs, record_sets, "less")
+    run = open_run(inputs.warmup_run("less"), record_sets, inputs.validation, inputs.settings, inputs.base_model,
+                   inputs.console, method="less")
     scorer, kind = run.scorer, inputs.settings.precondition
     domains = sorted({r.domain for r in inputs.validation}, key=lambda d: (d is None, d or ""))
     group = torch.tensor([domains.index(r.domain) for r in inputs.validation])
@@ -43,17 +40,7 @@ def less_scores(inputs, record_sets: Mapping[str, Sequence[Record]]) -> dict[str
     per_domain = {name: torch.zeros(len(encs), len(domains), dtype=torch.float64) for name, encs in run.sets.items()}
 
     for path in run.checkpoints:
-        meta = ckpt.load_checkpoint_meta(path)
-        eta = _checkpoint_eta(meta, path)
-        _load_adapter(scorer.model, path, run.base)
-        moments = None
-        if needs_moments(kind):
-            if not (path / ckpt.OPTIMIZER_FILE).is_file():
-                raise CluesError(
-                    f"{path}: no {ckpt.OPTIMIZER_FILE} (Adam moments), needed by less with --precondition {kind}; "
-                    "use --precondition none"
-                )
-            moments = ckpt.load_moments(path)
+        eta, moments, hyper = checkpoint_state(scorer, path, run.base, kind, who="less with ")
 
         # u_d,c: mean of the unit plain gradients of domain d's validation records, [domains, dim].
         U = torch.zeros(len(domains), scorer.dim, dtype=torch.float64, device=device)
@@ -62,7 +49,7 @@ def less_scores(inputs, record_sets: Mapping[str, Sequence[Record]]) -> dict[str
         U /= torch.bincount(group, minlength=len(domains)).to(device, torch.float64).unsqueeze(1)
 
         for name, encs in run.sets.items():
-            for indices, G in scorer.gradient_batches(encs, kind, moments, _hyper(meta)):
+            for indices, G in scorer.gradient_batches(encs, kind, moments, hyper):
                 per_domain[name][indices] += eta * (_unit_rows(G) @ U.T).cpu()
 
     # LESS sums over checkpoints first, then keeps the best-aligned target task.

@@ -277,6 +277,74 @@ def _load_adapter(model, path: Path, base: str) -> None:
         raise CluesError(f"the adapter in {path} does not fit the base model {base!r}: {first}") from exc
 
 
+@dataclass
+class OpenRun:
+    """A training run opened for scoring: a :class:`Scorer` on its model, and the validation and
+    record sets encoded as the run trained (its own max_length and template)."""
+
+    checkpoints: list[Path]
+    scorer: Scorer
+    base: str
+    validation: list[dict]
+    sets: dict[str, list[dict]]
+
+
+def open_run(
+    run_dir: str | Path,
+    record_sets: Mapping[str, Sequence[Record]],
+    validation: Sequence[Record],
+    settings: ScoreSettings = ScoreSettings(),
+    base_model: str | None = None,
+    console=None,
+    method: str | None = None,
+    last_only: bool = False,
+) -> OpenRun:
+    """Load ``run_dir``'s base model with its first checkpoint's adapter (its last with ``last_only``,
+    keeping only that checkpoint) and encode every set. Shared by CLUES and the gradient baselines
+    (``method`` names the one asking, in error messages), so all score the very same tokens."""
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    if not checkpoints:
+        what = f"score {method} with" if method else "score with"
+        raise CluesError(f"{run_dir}: no complete checkpoint (checkpoint-<step>/ with trainer_meta.json) to {what}")
+    if not validation:
+        raise CluesError(f"{method} needs validation records, and the validation set is empty" if method
+                         else "the validation set is empty")
+    if last_only:
+        checkpoints = checkpoints[-1:]
+    model, tokenizer, first_meta = load_scoring_model(checkpoints, base_model, settings.device)
+    base = base_model or first_meta.get("base_model") or "?"
+    config = first_meta.get("config") or {}
+    max_length, template = int(config.get("max_length", 256)), config.get("template", "alpaca")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scorer = Scorer.for_model(model, pad_id, settings.params, settings.batch_size)
+    val_enc = compact_encodings(validation, tokenizer, max_length, template)
+    set_enc = {name: compact_encodings(records, tokenizer, max_length, template) for name, records in record_sets.items()}
+    if console is not None:
+        cut = sum(1 for encs in [val_enc, *set_enc.values()] for e in encs if e["truncated"])
+        if cut:
+            console.print(f"[yellow]{cut} records truncated to max_length={max_length} (the training run's limit)[/yellow]")
+    return OpenRun(checkpoints, scorer, base, val_enc, set_enc)
+
+
+def checkpoint_state(scorer: Scorer, path: Path, base: str, kind: str, who: str = ""):
+    """Load checkpoint ``path``'s adapter into the scorer's model; return ``(eta_c, moments or None, AdamHyper)``.
+
+    ``who`` (e.g. ``"less with "``) names the method in the error about missing Adam moments.
+    """
+    meta = ckpt.load_checkpoint_meta(path)
+    eta = _checkpoint_eta(meta, path)
+    _load_adapter(scorer.model, path, base)  # strict: every LoRA tensor present, every shape right
+    moments = None
+    if needs_moments(kind):
+        if not (path / ckpt.OPTIMIZER_FILE).is_file():
+            raise CluesError(
+                f"{path}: no {ckpt.OPTIMIZER_FILE} (Adam moments), needed by {who}--precondition {kind}; "
+                "use --precondition none"
+            )
+        moments = ckpt.load_moments(path)
+    return eta, moments, _hyper(meta)
+
+
 def score_run(
     run_dir: str | Path,
     record_sets: Mapping[str, Sequence[Record]],
@@ -291,49 +359,23 @@ def score_run(
     ``progress(n)`` is called after every ``n`` records processed; the total is
     ``checkpoints * (len(validation) + sum of set sizes)``.
     """
-    checkpoints = ckpt.list_checkpoints(run_dir)
-    if not checkpoints:
-        raise CluesError(f"{run_dir}: no complete checkpoint (checkpoint-<step>/ with trainer_meta.json) to score with")
-    if not validation:
-        raise CluesError("the validation set is empty")
-    model, tokenizer, first_meta = load_scoring_model(checkpoints, base_model, settings.device)
-    base = base_model or first_meta.get("base_model") or "?"
-    config = first_meta.get("config") or {}
-    max_length, template = int(config.get("max_length", 256)), config.get("template", "alpaca")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    scorer = Scorer.for_model(model, pad_id, settings.params, settings.batch_size)
-
+    run = open_run(run_dir, record_sets, validation, settings, base_model, console)
+    scorer = run.scorer
     domains = settings.domains
     if domains is None:  # the silo's own domains: those of its data (the first set), not of the public anchors
         first = next(iter(record_sets.values()), [])
         domains = sorted({r.domain for r in first if r.domain})
     weights = validation_weights(validation, domains, settings.w_other)
-    val_enc = compact_encodings(validation, tokenizer, max_length, template)
-    set_enc = {name: compact_encodings(records, tokenizer, max_length, template) for name, records in record_sets.items()}
-    if console is not None:
-        cut = sum(1 for encs in [val_enc, *set_enc.values()] for e in encs if e["truncated"])
-        if cut:
-            console.print(f"[yellow]{cut} records truncated to max_length={max_length} (the training run's limit)[/yellow]")
 
-    result = RunScores([], [], {name: torch.zeros(len(records), len(checkpoints), dtype=torch.float64) for name, records in record_sets.items()})
-    for c, path in enumerate(checkpoints):
-        meta = ckpt.load_checkpoint_meta(path)
-        eta = _checkpoint_eta(meta, path)
-        _load_adapter(model, path, base)  # strict: every LoRA tensor present, every shape right
-        moments = None
-        if needs_moments(settings.precondition):
-            if not (path / ckpt.OPTIMIZER_FILE).is_file():
-                raise CluesError(
-                    f"{path}: no {ckpt.OPTIMIZER_FILE} (Adam moments), needed by --precondition {settings.precondition}; "
-                    "use --precondition none"
-                )
-            moments = ckpt.load_moments(path)
-        direction = scorer.validation_gradient(val_enc, weights, progress)
+    result = RunScores([], [], {name: torch.zeros(len(records), len(run.checkpoints), dtype=torch.float64) for name, records in record_sets.items()})
+    for c, path in enumerate(run.checkpoints):
+        eta, moments, hyper = checkpoint_state(scorer, path, run.base, settings.precondition)
+        direction = scorer.validation_gradient(run.validation, weights, progress)
         if settings.project:
             direction = projected_direction(direction, settings.project, settings.seed)
-        for name, encs in set_enc.items():
+        for name, encs in run.sets.items():
             if encs:
-                result.per_checkpoint[name][:, c] = eta * scorer.score(encs, direction, settings.precondition, moments, _hyper(meta), progress)
+                result.per_checkpoint[name][:, c] = eta * scorer.score(encs, direction, settings.precondition, moments, hyper, progress)
         result.checkpoints.append(path.name)
         result.etas.append(eta)
     return result
