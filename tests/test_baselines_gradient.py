@@ -17,25 +17,16 @@ from clues.baselines.less import _unit_rows
 from clues.data.records import record_from_dict
 from clues.errors import CluesError
 from clues.scoring.engine import ScoreSettings
-from test_scoring import B1, B2, EPS, SUBSETS, _make_run, _records, _reference_raw
+from test_scoring import B1, B2, EPS, SUBSETS, _make_run, scoring_setup
 
 OWN = ("finance",)
 
 
 @pytest.fixture(scope="module")
 def setup(one_thread, tmp_path_factory, tiny_tokenizer):
-    from conftest import make_tiny_llama
-
-    root = tmp_path_factory.mktemp("baselines")
-    model_dir = root / "tiny-llama"
-    make_tiny_llama(tiny_tokenizer).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
-    run = _make_run(root / "run", model_dir, dropout=0.3)
-    records, validation, anchors = _records()
     # A validation record without a domain: its own group (LESS) and an "other" domain (DataInf's v).
-    validation = validation + [record_from_dict({"id": "nodomain", "instruction": "Name a colour.", "output": "Blue, like the sky."})]
-    raw = _reference_raw(run, model_dir, records, validation, anchors)
-    return {"model_dir": model_dir, "run": run, "records": records, "validation": validation, "anchors": anchors, "raw": raw}
+    nodomain = record_from_dict({"id": "nodomain", "instruction": "Name a colour.", "output": "Blue, like the sky."})
+    return scoring_setup(tmp_path_factory.mktemp("baselines"), tiny_tokenizer, [nodomain])
 
 
 def _score(setup, method, batch_size=3, **settings):

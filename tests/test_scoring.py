@@ -151,19 +151,25 @@ def _reference_scores(raw, which, kind, subset, own=("finance",), w_other=1.0, p
     return totals
 
 
-@pytest.fixture(scope="module")
-def setup(one_thread, tmp_path_factory, tiny_tokenizer):
+def scoring_setup(root, tokenizer, extra_validation=()) -> dict:
+    """A tiny model folder, a two-checkpoint run with random adapters and moments, the records and the
+    batch-size-1 reference gradients (shared by the engine and the gradient-baseline tests)."""
     from conftest import make_tiny_llama
 
-    root = tmp_path_factory.mktemp("scoring")
     model_dir = root / "tiny-llama"
-    make_tiny_llama(tiny_tokenizer).save_pretrained(model_dir)
-    tiny_tokenizer.save_pretrained(model_dir)
+    make_tiny_llama(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
     run = _make_run(root / "run", model_dir, dropout=0.3)
     records, validation, anchors = _records()
+    validation = validation + list(extra_validation)
     raw = _reference_raw(run, model_dir, records, validation, anchors)
     return {"root": root, "model_dir": model_dir, "run": run, "records": records,
             "validation": validation, "anchors": anchors, "raw": raw}
+
+
+@pytest.fixture(scope="module")
+def setup(one_thread, tmp_path_factory, tiny_tokenizer):
+    return scoring_setup(tmp_path_factory.mktemp("scoring"), tiny_tokenizer)
 
 
 def _assert_close(engine, reference, rtol=1e-4):

@@ -145,7 +145,6 @@ class Server:
         match = method != "clues" and (method == "random" or self.config.select.match_count)
         taus = silo_thresholds({n: s["anchor_scores"] for n, s in scores.items()},
                                self.config.select.policy, self.config.select.mode)
-        self._taus[method] = taus
         results = {}
         for name in self.channels:
             request = {"method": method}
@@ -213,7 +212,7 @@ class Server:
         started = time.perf_counter()
         conditions = self.config.conditions
         trained, scores = {}, {}
-        self._taus, self._selection = {}, {}
+        self._selection = {}
         if "mixed" in conditions:
             trained["mixed"] = self.train_condition("mixed")
         for method in (m for m in METHODS if m in conditions):  # CLUES first: random and --match-count need its counts

@@ -52,16 +52,12 @@ def _run(values: dict, methods: list[str], match_count: bool, flags: dict, sourc
 def _federated(values: dict) -> dict:
     """The same comparison with FedAvg instead of merging (`clues federate`'s defaults, its [federated] table)."""
     from clues.collab.flower.simulation import run_federated_simulation
+    from clues.commands.federate import FEDERATED_SCORE_DEFAULTS, fed_settings
     from clues.config import make_config
-    from clues.federated import FedSettings
     from clues.report import print_summary
 
-    fed_values = values.pop("federated", {}) or {}
-    values["score"] = {"precondition": "none", **values.get("score", {})}  # as clues federate
-    try:
-        fed = FedSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in fed_values.items()})
-    except TypeError as exc:
-        raise CluesError(f"[federated]: {exc}") from None
+    fed = fed_settings(values.pop("federated", {}) or {})
+    values["score"] = {**FEDERATED_SCORE_DEFAULTS, **values.get("score", {})}
     config = make_config(values)
     results = run_federated_simulation(config, fed, console)
     print_summary(results, console)

@@ -17,6 +17,8 @@ from clues.commands.run import config_values
 from clues.errors import CluesError
 
 console = make_console()
+# Federated scoring defaults to plain gradients: the global model's Adam moments live in the silos.
+FEDERATED_SCORE_DEFAULTS = {"precondition": "none"}
 
 
 def federate(
@@ -63,14 +65,13 @@ def federate_values(config_file, silo, validation, anchor, test, labels, model, 
                     rounds, local_steps, score_rounds, fraction_train, out):
     """``(RunConfig, FedSettings)`` from the config file and the flags (shared with the deploy tool)."""
     from clues.config import make_config
-    from clues.federated import FedSettings
 
     values = config_values(
         config_file, silo,
         {"validation": validation, "anchor": anchor, "test": test, "labels": labels, "model": model, "out": out},
         {"train": {"lr": lr}, "score": {"precondition": precondition}, "select": {"policy": threshold}},
         # federated defaults: plain-gradient scores, its own output folder
-        defaults={"out": "clues-federated", "score": {"precondition": "none"}},
+        defaults={"out": "clues-federated", "score": FEDERATED_SCORE_DEFAULTS},
     )
     fed_values = values.pop("federated", {}) or {}
     if score_rounds is not None:
@@ -81,10 +82,17 @@ def federate_values(config_file, silo, validation, anchor, test, labels, model, 
     for key, value in {"rounds": rounds, "local_steps": local_steps, "fraction_train": fraction_train}.items():
         if value is not None:
             fed_values[key] = value
+    return make_config(values), fed_settings(fed_values)
+
+
+def fed_settings(fed_values: dict):
+    """:class:`FedSettings` from a ``[federated]`` table (TOML lists become tuples); unknown keys name the table."""
+    from clues.federated import FedSettings
+
+    fed_values = dict(fed_values)
     if fed_values.get("score_rounds") is not None:
         fed_values["score_rounds"] = tuple(fed_values["score_rounds"])
     try:
-        fed = FedSettings(**fed_values)
+        return FedSettings(**fed_values)
     except TypeError as exc:
         raise CluesError(f"[federated]: {exc}") from None
-    return make_config(values), fed
