@@ -18,6 +18,8 @@ from clues.report import methods_table, table_markdown
 def main(folders: list[str]) -> None:
     for folder in map(Path, folders):
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        if (folder / "timing.json").is_file():  # wall times (scoring s, stage times) live apart from results
+            results.update(json.loads((folder / "timing.json").read_text(encoding="utf-8")))
         table = methods_table(results)
         if table is None:
             print(f"{folder}: not a benchmark run (fewer than two selection methods)", file=sys.stderr)

@@ -123,17 +123,18 @@ def small_consortium(root: Path, per_silo: int, public_per_domain: dict[str, int
     return silo_files, public, str(small / "labels.jsonl")
 
 
-def assert_nothing_private_crossed(messages, raw_wire: bytes, private_rows, tokenizer) -> None:
+def assert_nothing_private_crossed(messages, raw_wire: bytes, private_rows, tokenizer, also=()) -> None:
     """The privacy boundary check shared by merging and federated tests.
 
     ``messages`` are the decoded silo->server messages, ``raw_wire`` their bytes as they crossed:
     no record id, no snippet of an input or output and no run of six of the records' token ids may
-    appear, and no integer tensor may cross at all.
+    appear, and no integer tensor may cross at all. ``also``: what the server made of failures (the
+    reasons in ``results.json``, its console output), held to the same rule.
     """
     import json
     import re
 
-    texts = []
+    texts = [str(text) for text in also]
     for message in messages:
         texts.append(json.dumps(message.meta, ensure_ascii=False))
         for name, tensor in message.tensors.items():
@@ -151,3 +152,21 @@ def assert_nothing_private_crossed(messages, raw_wire: bytes, private_rows, toke
         ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:6]
         assert len(ids) == 6
         assert not any(integers[i : i + 6] == ids for i in range(len(integers) - 5))
+
+
+@pytest.fixture()
+def clues_here(capsys, monkeypatch):
+    """The ``clues`` command in this process: ``call(*args) -> (exit status, stdout + stderr)``.
+    An exception other than the CLI's own exit (a traceback, for a user) fails the test."""
+    import sys
+
+    from clues.cli import main
+
+    def call(*args) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["clues", *map(str, args)])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        captured = capsys.readouterr()
+        return stop.value.code, captured.out + captured.err
+
+    return call

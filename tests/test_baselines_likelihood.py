@@ -129,10 +129,12 @@ def test_batched_equals_one_at_a_time_and_anchors_scored_alike(setup, method):
     anchors = [data[6], data[0], data[7]]
     one = score_records(method, _inputs(model_dir, validation, batch_size=1), {"data": data, "anchor": anchors})
     eight = score_records(method, _inputs(model_dir, validation, batch_size=8), {"data": data, "anchor": anchors})
+    # float32 forward passes: the scores (log-probabilities, their ratios, cosines within [-1, 1])
+    # carry a few float32 ulps of error that depends on the batch's summation order.
     for name in ("data", "anchor"):
         assert one[name].dtype == torch.float64 and torch.isfinite(one[name]).all()
-        torch.testing.assert_close(eight[name], one[name], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(eight["anchor"], eight["data"][[6, 0, 7]], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(eight[name], one[name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(eight["anchor"], eight["data"][[6, 0, 7]], rtol=1e-5, atol=1e-6)
 
 
 def test_empty_record_set(setup):

@@ -161,6 +161,12 @@ def test_scenarios_have_the_promised_shape():
     mixed = SCENARIOS["mixed"]
     assert len({s.domain for s in mixed.silos}) == len(mixed.silos) >= 3
     assert len({s.pollution for s in mixed.silos}) == len(mixed.silos)
+    # The real-model scenarios: at least 4 silos of at least 48 records (the demo), 64 (the benchmark).
+    small, english = SCENARIOS["mixed-small"], SCENARIOS["english"]
+    assert [(s.domain, s.pollution) for s in small.silos] == [(s.domain, s.pollution) for s in mixed.silos]
+    assert all(s.size == 48 for s in small.silos) and all(s.size == 64 for s in english.silos)
+    assert len(english.silos) == 4 and {d.source for d in english.domains} <= {"medmeadow", "fiqa", "mmed_mcq"}
+    assert all(d.language in (None, "en") for d in english.domains)
 
 
 def test_refuses_a_non_empty_folder_and_forces_only_over_a_previous_benchmark(tmp_path):
@@ -191,7 +197,7 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_unknown_scenario_lists_the_known_ones(tmp_path):
-    with pytest.raises(CluesError, match="known scenarios: mixed, finance"):
+    with pytest.raises(CluesError, match="known scenarios: mixed, mixed-small, english, finance"):
         build_benchmark("nope", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 

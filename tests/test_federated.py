@@ -154,7 +154,8 @@ def test_no_private_record_crosses_the_flower_boundary(simulated, consortium, ti
     assert {m.kind for m in parsed} == {protocol.INFO, protocol.ADAPTER, protocol.SCORES, protocol.SELECTION}
     from conftest import assert_nothing_private_crossed
 
-    assert_nothing_private_crossed(parsed, raw_wire, private, tiny_tokenizer)
+    failures = simulated[1]["federated"]["failures"]  # the crash drill's error path, as results.json has it
+    assert_nothing_private_crossed(parsed, raw_wire, private, tiny_tokenizer, also=[json.dumps(failures)])
 
 
 # -- the deployment engine on loopback -------------------------------------------------------------------
@@ -182,6 +183,14 @@ def test_deployment_engine_on_loopback_stops_every_process(consortium, model_dir
         assert not [name for name, pid in pids.items() if _alive(pid)]
     assert set(results["conditions"]) == {"fl-mixed", "fl-clues"}
     assert results["federated"]["engine"] == "flower" and sorted(results["federated"]["silos"]) == ["bank", "clinic"]
+    # TLS by default (trial certificates made for the run) and only the registered SuperNodes admitted
+    link_log = (out / "logs" / "superlink.log").read_text()
+    assert "running on https://127.0.0.1" in link_log and "SuperNode authentication is disabled" not in link_log
+    assert link_log.count("[Fleet.ActivateNode] Activated") == 2
+    for name in ("clinic", "bank"):
+        assert "registered successfully" in (out / "logs" / f"register-{name}.log").read_text()
+        assert (out / "flower-auth" / f"{name}.key").stat().st_mode & 0o077 == 0
+    assert "insecure" not in (out / "flower-home" / "config.toml").read_text()
     assert (out / "report.html").exists()
     log = read_jsonl(out / "boundary_log.jsonl")
     assert {r["silo"] for r in log if r["kind"] == protocol.FIT} == {"clinic", "bank"}
@@ -210,7 +219,14 @@ class VanishingGrid:
             node = message.metadata.dst_node_id
             if message.metadata.group_id in self.gone.get(node, set()):
                 continue  # no reply before the timeout
-            replies.append(self.app(message, self.contexts[node]))
+            try:
+                replies.append(self.app(message, self.contexts[node]))
+            except Exception as ex:  # what Flower's runtime sends back when a ClientApp raises (run_clientapp.py)
+                from flwr.app import Error, Message
+                from flwr.common.constant import ErrorCode
+
+                reason = str(type(ex)) + ":<'" + str(ex) + "'>"
+                replies.append(Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message))
         return replies
 
 
@@ -236,6 +252,53 @@ def test_a_silo_that_disappears_is_left_out_and_logged(consortium, model_dir, tm
     assert fits[("fl-mixed", 2)]["missing"] == ["bank"] and fits[("fl-mixed", 1)]["missing"] == []
     assert any(f["silo"] == "bank" and "no reply" in f["reason"] for f in results["federated"]["failures"])
     assert set(results["conditions"]) == FL_CONDITIONS
+
+
+def test_a_failing_silo_tells_the_server_its_name_and_counts_never_a_record(consortium, tmp_path, monkeypatch, tiny_tokenizer):
+    """Silos failing at hello (a labels file without one of the silo's records; a silo file with a
+    repeated id) reach the server as the error's kind and counts, under the silo's name and node id:
+    no record id in the wire bytes, the failure reasons (results.json) or the console. The full
+    message stays in the silo's own log."""
+    import io
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    import clues.collab.flower.server_app as server_app
+    from clues.collab.flower.server_app import GridFleet
+    from clues.io import write_jsonl
+    from clues.protocol import BoundaryLog
+    from conftest import assert_nothing_private_crossed
+
+    silos, _, labels = consortium
+    bank, clinic = read_jsonl(silos["bank"]), read_jsonl(silos["clinic"])
+    partial = tmp_path / "labels.jsonl"
+    write_jsonl(partial, [r for r in read_jsonl(labels) if r["id"] != bank[0]["id"]])
+    repeated = tmp_path / "exam.jsonl"
+    write_jsonl(repeated, clinic[:3] + clinic[:1])
+    out = tmp_path / "failing"
+    nodes = {7: {"silo-file": silos["clinic"], "workdir": str(out / "clinic"), "labels-file": labels},
+             9: {"silo-file": silos["bank"], "workdir": str(out / "bank"), "labels-file": str(partial)},
+             11: {"silo-file": str(repeated), "workdir": str(out / "exam")},
+             13: {"silo-file": silos["bank"], "silo-name": "clinic", "workdir": str(out / "impostor")}}
+    for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):  # what a ServerApp process has set
+        monkeypatch.setattr(TaskIdentity, key, value)
+    crossed, parsed, said = [], [], io.StringIO()
+    monkeypatch.setattr(server_app, "from_records", lambda content, original=server_app.from_records: parsed.append(original(content)) or parsed[-1])
+    fleet = GridFleet(VanishingGrid(nodes, gone={}), 4, BoundaryLog(out / "boundary_log.jsonl"), timeout=5,
+                      tap=lambda silo, direction, blob: crossed.append((direction, blob)),
+                      console=Console(file=said, width=200), wait=1)
+    assert fleet.silos() == ["clinic"]
+    failures = {f["silo"]: f for f in fleet.failures}
+    assert failures["bank"] == {"round": 0, "silo": "bank", "node": 9, "kind": protocol.HELLO,
+                                "reason": f"SiloError: 1 of its {len(bank)} records have no label"}
+    assert failures["exam"]["node"] == 11 and failures["exam"]["reason"].startswith("DataError: 1 problems in the silo's data")
+    assert failures["clinic"]["node"] == 13 and "SuperNode 7 already answers as silo 'clinic'" in failures["clinic"]["reason"]
+    assert bank[0]["id"] in (out / "bank" / "silo-errors.log").read_text()  # the details stay in the silo
+    assert clinic[0]["id"] in (out / "exam" / "silo-errors.log").read_text()
+    assert [m.kind for m in parsed].count(protocol.ERROR) == 2
+    raw_wire = b"\n".join(blob for direction, blob in crossed if direction == "silo->server")
+    private = bank + clinic
+    assert_nothing_private_crossed(parsed, raw_wire, private, tiny_tokenizer, also=[said.getvalue(), json.dumps(fleet.failures)])
 
 
 def test_adam_preconditioner_uses_each_silos_own_moments_and_pools_anchor_scores(consortium, model_dir, tmp_path):

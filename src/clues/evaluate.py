@@ -23,6 +23,7 @@ from clues.data.batching import length_sorted_batches, pad_batch
 from clues.data.records import Record
 from clues.data.template import encode_all
 from clues.loss import batch_record_losses
+from clues.model.frozen_prefix import fill_prefix
 
 # Records without a ``domain`` field are grouped under this name.
 DEFAULT_DOMAIN = "all"
@@ -47,11 +48,18 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_size: int) -> list[float]:
-    """Per-record losses of already encoded records, in input order."""
+def encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_size: int,
+                   prefix_start: int | None = None) -> list[float]:
+    """Per-record losses of already encoded records, in input order.
+
+    ``prefix_start``: the layer whose input the frozen-prefix cache holds for every condition
+    evaluated (the run's first LoRA layer), so that the base model and every adapter share it."""
     losses = [0.0] * len(encodings)
     lengths = [len(e["input_ids"]) for e in encodings]
     with torch.no_grad(), _eval_mode(model):
+        # Conditions whose adapters share one LoRA layout share the frozen layers' output too.
+        encodings = [dict(e) for e in encodings]
+        fill_prefix(model, encodings, pad_token_id, batch_size, start=prefix_start)
         for indices in length_sorted_batches(lengths, batch_size):
             batch = pad_batch([encodings[i] for i in indices], pad_token_id)
             for i, loss in zip(indices, batch_record_losses(model, batch).tolist()):
@@ -61,7 +69,7 @@ def encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_si
 
 def record_losses(
     model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
-    template: str = "alpaca", console=None,
+    template: str = "alpaca", console=None, prefix_start: int | None = None,
 ) -> list[float]:
     """The project loss of each record (mean over its response tokens), in input order, without gradients.
 
@@ -70,7 +78,7 @@ def record_losses(
     if not records:
         return []
     encodings, _ = encode_all(records, tokenizer, max_length, template, console=console)
-    return encoded_losses(model, encodings, _pad_id(tokenizer), batch_size)
+    return encoded_losses(model, encodings, _pad_id(tokenizer), batch_size, prefix_start)
 
 
 def _mean_by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[str, float]:
@@ -82,13 +90,13 @@ def _mean_by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[
 
 def per_domain_loss(
     model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
-    template: str = "alpaca", console=None,
+    template: str = "alpaca", console=None, prefix_start: int | None = None,
 ) -> dict[str, float]:
     """Mean per-record response loss of each domain: ``{domain: loss}``, domains sorted by name.
 
     A mean over records (not over tokens), so a long answer counts as much as a short one, as in training.
     """
-    losses = record_losses(model, tokenizer, records, max_length, batch_size, template, console)
+    losses = record_losses(model, tokenizer, records, max_length, batch_size, template, console, prefix_start)
     return _mean_by_domain(records, losses)
 
 
@@ -182,11 +190,11 @@ class MCQResult:
 
 def option_losses(
     model, tokenizer, questions: Sequence[Question], max_length: int = 256, batch_size: int = 16,
-    template: str = "alpaca",
+    template: str = "alpaca", prefix_start: int | None = None,
 ) -> list[list[float]]:
     """The project loss of every candidate response of every question, all batched together."""
     candidates = [replace(q.record, output=option) for q in questions for option in q.options]
-    flat = record_losses(model, tokenizer, candidates, max_length, batch_size, template)
+    flat = record_losses(model, tokenizer, candidates, max_length, batch_size, template, prefix_start=prefix_start)
     result, start = [], 0
     for q in questions:
         result.append(flat[start : start + len(q.options)])
@@ -196,7 +204,7 @@ def option_losses(
 
 def mcq_accuracy(
     model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
-    template: str = "alpaca",
+    template: str = "alpaca", prefix_start: int | None = None,
 ) -> MCQResult:
     """Accuracy of picking, for each multiple-choice record, the option with the lowest response loss.
 
@@ -207,7 +215,7 @@ def mcq_accuracy(
     """
     questions = [q for q in map(parse_question, records) if q is not None]
     result = MCQResult(skipped=len(records) - len(questions))
-    losses = option_losses(model, tokenizer, questions, max_length, batch_size, template)
+    losses = option_losses(model, tokenizer, questions, max_length, batch_size, template, prefix_start)
     hits: dict[str, list[bool]] = defaultdict(list)
     for q, option_loss in zip(questions, losses):
         hits[domain_of(q.record)].append(option_loss.index(min(option_loss)) == q.answer)
@@ -264,14 +272,14 @@ def oracle_gain_recovered(
 
 def evaluate_condition(
     model, tokenizer, test_records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
-    template: str = "alpaca", mcq: bool = True, console=None,
+    template: str = "alpaca", mcq: bool = True, console=None, prefix_start: int | None = None,
 ) -> dict:
     """One condition's entry of ``results.json``: test loss per domain, its macro mean, perplexity and,
     when the test set holds multiple-choice records and ``mcq`` is on, their accuracy per domain.
 
     ``oracle_gain_recovered`` is left None here: it needs the other conditions (:func:`add_oracle_gain`).
     """
-    losses = per_domain_loss(model, tokenizer, test_records, max_length, batch_size, template, console)
+    losses = per_domain_loss(model, tokenizer, test_records, max_length, batch_size, template, console, prefix_start)
     entry = {
         "test_loss": losses,
         "mean_test_loss": macro_mean(losses),
@@ -279,7 +287,7 @@ def evaluate_condition(
         "oracle_gain_recovered": None,
     }
     if mcq:
-        result = mcq_accuracy(model, tokenizer, test_records, max_length, batch_size, template)
+        result = mcq_accuracy(model, tokenizer, test_records, max_length, batch_size, template, prefix_start)
         if result.total:
             entry["mcq_accuracy"] = result.accuracy
             entry["mcq_questions"] = result.total

@@ -45,7 +45,7 @@ from clues.baselines import METHODS
 from clues.config import RunConfig
 from clues.data import load_records, record_to_json
 from clues.errors import CluesError
-from clues.io import write_json
+from clues.fieldcheck import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, check_fields
 from clues.protocol import Message
 
 CONDITIONS = {"fl-mixed": "all", "fl-clues": "kept", "fl-oracle": "clean"}  # baselines: fl-<method> on "kept:<method>"
@@ -67,10 +67,8 @@ class FedSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.rounds < 1 or self.local_steps < 1:
-            raise CluesError("--rounds and --local-steps must be at least 1")
-        if not 0.0 < self.fraction_train <= 1.0:
-            raise CluesError(f"--fraction-train must be in (0, 1], got {self.fraction_train}")
+        check_fields(self, {"rounds": AT_LEAST_1, "local_steps": AT_LEAST_1, "fraction_train": SHARE,
+                            "round_timeout": POSITIVE, "seed": NON_NEGATIVE})
         if self.score_rounds is not None:
             bad = [r for r in self.score_rounds if not 1 <= r <= self.rounds]
             if bad or not self.score_rounds:
@@ -114,8 +112,12 @@ class LocalFleet:
             try:
                 replies[name] = self.channels[name].request(message, round)
             except Exception as exc:  # a failing silo must not stop the consortium
-                self.failures.append({"round": round, "silo": name, "kind": message.kind, "reason": str(exc)})
-                self.console.print(f"[yellow]silo {name} failed in round {round} ({message.kind}): {exc}[/yellow]")
+                from clues.failures import SiloFailure
+
+                reason = exc.reason if isinstance(exc, SiloFailure) else str(exc)  # a silo's: public terms only
+                self.failures.append({"round": round, "silo": name, "kind": message.kind, "reason": reason})
+                self.console.print(f"silo {name} failed in round {round} ({message.kind}): {reason}", style="yellow",
+                                   markup=False, highlight=False)
         return replies
 
 
@@ -342,7 +344,12 @@ class FederatedServer:
         from clues.evaluate import add_oracle_gain
         from clues.federated_model import initial_adapter
 
+        from clues.pipeline import overlap_request, warn_overlap
+
         started = time.perf_counter()
+        request = overlap_request(self.validation, self.anchor, self.test)
+        replies = self.fleet.exchange({s: request for s in self.fleet.silos()}, None)
+        warn_overlap(self.console, {n: r.meta.get("public_overlap", {}) for n, r in replies.items()})
         wanted = [c for c in ("mixed", "clues", "oracle") if c in self.config.conditions]
         initial = initial_adapter(self.config.train)
         conditions, curves, selection = {}, {}, {}
@@ -392,14 +399,13 @@ class FederatedServer:
 
 
 def write_outputs(results: dict, out: str | Path) -> None:
-    """results.json and the report (tables, score histograms with tau, per-round curves)."""
-    from clues.report import write_report
+    """results.json and the report (tables, score histograms with tau, per-round curves); wall times in timing.json."""
+    from clues.report import write_results
 
-    write_json(Path(out) / "results.json", results)
     tau = (results.get("federated") or {}).get("tau")
     score_data = {name: {"histogram": s["histogram"], "tau": tau}
                   for name, s in ((results.get("scores") or {}).get("fl-clues") or {}).items() if "histogram" in s} if tau is not None else None
-    write_report(results, out, score_data)
+    write_results(results, out, score_data)
 
 
 def add_comparison(results: dict, merging: dict) -> dict:
@@ -420,7 +426,9 @@ def _mean(values) -> float | None:
 def _point_config_at_base(folder: Path, base: str) -> None:
     import json
 
+    from clues.checkpoint import write_adapter_config
+
     path = folder / "adapter_config.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     data["base_model_name_or_path"] = base
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    write_adapter_config(folder, data)  # target_modules sorted: the same run writes the same bytes

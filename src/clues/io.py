@@ -65,3 +65,34 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file the project wrote itself (no validation; use ``clues.data.load_records`` for user data)."""
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_rows(path: str | os.PathLike, what: str) -> list[tuple[int, dict]]:
+    """``(line, object)`` for every row of a JSONL file a user hands back to us (scores, labels).
+
+    Unlike :func:`read_jsonl` it trusts nothing: a missing file, bad UTF-8, bad JSON, JSON nested too
+    deeply or a row that is not an object is a :class:`~clues.errors.CluesError` naming ``FILE:LINE``.
+    ``what`` says what the file should be ("a scores file"), for the message.
+    """
+    from clues.errors import CluesError
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CluesError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    rows = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise CluesError(f"{path}:{number}: -: invalid UTF-8; expected {what}") from None
+        except json.JSONDecodeError as exc:
+            raise CluesError(f"{path}:{number}: -: invalid JSON: {exc.msg} (column {exc.colno}); expected {what}") from None
+        except RecursionError:
+            raise CluesError(f"{path}:{number}: -: invalid JSON: nested too deeply; expected {what}") from None
+        if not isinstance(row, dict):
+            raise CluesError(f"{path}:{number}: -: expected a JSON object per line ({what})")
+        rows.append((number, row))
+    return rows

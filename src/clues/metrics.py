@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import Mapping, Sequence
 
 from clues.errors import CluesError
-from clues.io import read_jsonl
+from clues.io import read_rows
 
 
 def safe_ratio(num: float, den: float) -> float | None:
@@ -65,6 +65,58 @@ def roc_auc(scores: Sequence[float], clean: Sequence[bool]) -> float | None:
 ROC_POINTS = 101
 
 
+def average_precision(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the precision-recall curve of ranking ``positive`` records first (highest score
+    first), as the mean precision at each positive's rank; tied scores share their group's precision.
+    None without a positive."""
+    if len(scores) != len(positive):
+        raise ValueError("scores and labels differ in length")
+    total = sum(1 for p in positive if p)
+    if not total:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    hits = seen = 0
+    area = 0.0
+    i = 0
+    while i < len(order):  # one tie group at a time: its positives all get the group's end precision
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        group = sum(1 for k in range(i, j + 1) if positive[order[k]])
+        hits += group
+        seen += j - i + 1
+        area += group * hits / seen
+        i = j + 1
+    return area / total
+
+
+def corruption_metrics(scores: Sequence[float], clean: Sequence[bool], corruption: Sequence[str | None],
+                       kept: Sequence[bool] | None = None) -> dict[str, dict]:
+    """Per corruption type: how well the scores find that kind of bad record among the clean ones.
+
+    For each type k, on the clean records plus those of type k: ``auroc`` (clean above type k, as
+    :func:`roc_auc`), ``auprc`` (type k found first when ranking by lowest score: the precision-recall
+    area of detecting it, whose chance level is its share, ``base_rate``) and, given ``kept``,
+    ``recall`` (the share of type-k records the selection dropped). Aggregates only: nothing here
+    names a record, so a silo may send it.
+    """
+    kinds = sorted({k for k, c in zip(corruption, clean) if not c and k})
+    out = {}
+    for kind in kinds:
+        members = [i for i, (k, c) in enumerate(zip(corruption, clean)) if c or k == kind]
+        bad = [not clean[i] for i in members]
+        entry = {
+            "count": sum(bad),
+            "base_rate": sum(bad) / len(members),
+            "auroc": roc_auc([scores[i] for i in members], [clean[i] for i in members]),
+            "auprc": average_precision([-scores[i] for i in members], bad),
+        }
+        if kept is not None:
+            entry["recall"] = safe_ratio(sum(1 for i in members if not clean[i] and not kept[i]), sum(bad))
+        out[kind] = entry
+    return out
+
+
 def roc_curve(scores: Sequence[float], clean: Sequence[bool], points: int = ROC_POINTS) -> list[float] | None:
     """True-positive rate at ``points`` evenly spaced false-positive rates 0..1 (keeping every record
     with score >= t, for t from high to low), or None with one class only.
@@ -106,11 +158,11 @@ def roc_curve(scores: Sequence[float], clean: Sequence[bool], points: int = ROC_
 
 def load_labels(path) -> dict[str, dict]:
     """``labels.jsonl`` rows (``{"id", "silo", "clean", ...}``) by record id."""
-    rows = read_jsonl(path)
     labels = {}
-    for number, row in enumerate(rows, start=1):
-        if "id" not in row or not isinstance(row.get("clean"), bool):
-            raise CluesError(f"{path}:{number}: a label row needs an 'id' and a boolean 'clean'")
+    for number, row in read_rows(path, "a labels file (one {\"id\": ..., \"clean\": true/false} per line)"):
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("clean"), bool):
+            field = "id" if not isinstance(row.get("id"), str) else "clean"
+            raise CluesError(f"{path}:{number}: {field}: a label row needs a string 'id' and a boolean 'clean'")
         labels[row["id"]] = row
     return labels
 

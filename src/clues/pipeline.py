@@ -32,12 +32,12 @@ from clues.channel import LocalChannel
 from clues.config import RunConfig
 from clues.data import load_many, load_records, record_to_json
 from clues.errors import CluesError
-from clues.io import write_json
 from clues.protocol import BoundaryLog, Message
 from clues.select import silo_thresholds
 from clues.silo import Silo
 from clues.stages import Stages, file_digest
 
+PUBLIC_SETS = ("validation", "anchor", "test")
 SUBSET_OF = {"mixed": "all", "oracle": "clean"}  # every selection method trains on "kept:<method>"
 
 
@@ -53,6 +53,23 @@ def _labels(path: str | None) -> dict[str, dict] | None:
     return load_labels(path)
 
 
+def overlap_request(validation, anchor, test) -> Message:
+    """A ``hello`` carrying the public sets: each silo answers how many of its records share an id or
+    the content with each set (counts only cross the boundary)."""
+    public = dict(zip(PUBLIC_SETS, (validation, anchor, test)))
+    return Message(protocol.HELLO, {"public": {name: [record_to_json(r) for r in rows] for name, rows in public.items()}})
+
+
+def warn_overlap(console, counts: dict[str, dict[str, int]]) -> None:
+    """One warning line per silo whose records also appear in a public set (counts and set names only)."""
+    for silo, per_set in counts.items():
+        shared = ", ".join(f"{name} {per_set[name]}" for name in PUBLIC_SETS if per_set.get(name))
+        if shared:
+            console.print(f"[yellow]warning: silo {silo!r} shares records with public sets ({shared} records, same id "
+                          "or same content): public validation, anchor and test data should be disjoint from every "
+                          "silo, or scores, the threshold and the test loss are biased[/yellow]", soft_wrap=True)
+
+
 class Server:
     """Orchestrates one run; knows the silos only by their channels."""
 
@@ -66,32 +83,53 @@ class Server:
         self.test = load_records(config.test)
         # ids unique across silos; every problem of every file reported at once
         silo_records = load_many(config.silos.values())
+        by_silo = {name: [r for r in silo_records if r.file == str(path)] for name, path in config.silos.items()}
+        silo_labels, silo_corruptions = self._silo_labels(by_silo)
         self.out.mkdir(parents=True, exist_ok=True)
         self.stages = Stages(self.out, self.console)
         self.public_key = {name: file_digest(getattr(config, name)) for name in ("validation", "anchor", "test")}
-        self.channels = self._open_silos(silo_records)
+        self.channels = self._open_silos(by_silo, silo_labels, silo_corruptions)
+
+    def _silo_labels(self, by_silo: dict) -> tuple[dict, dict]:
+        """Each silo's labels (simulation with known pollution), every record covered, and the
+        corruption type of each record (None when clean or not given); None per silo without labels."""
+        labels = _labels(self.config.labels)
+        if labels is None:
+            return dict.fromkeys(by_silo), dict.fromkeys(by_silo)
+        found, kinds = {}, {}
+        for name, records in by_silo.items():
+            missing = [r.id for r in records if r.id not in labels]
+            if missing:
+                raise CluesError(f"{self.config.labels}: no label for record {missing[0]!r} of silo {name!r}")
+            found[name] = {r.id: bool(labels[r.id]["clean"]) for r in records}
+            kinds[name] = {r.id: labels[r.id].get("corruption") for r in records}
+        return found, kinds
 
     # -- silos (simulation: they live in this process, behind the channel) ---------------------------
-    def _open_silos(self, silo_records) -> dict[str, LocalChannel]:
-        labels = _labels(self.config.labels)
+    def _open_silos(self, by_silo: dict, silo_labels: dict, silo_corruptions: dict) -> dict[str, LocalChannel]:
         log = BoundaryLog(self.out / "boundary_log.jsonl")
         channels = {}
         self.silo_digest = {}
         for name, path in self.config.silos.items():
-            records = [r for r in silo_records if r.file == str(path)]
-            silo_labels = None
-            if labels is not None:
-                missing = [r.id for r in records if r.id not in labels]
-                if missing:
-                    raise CluesError(f"{self.config.labels}: no label for record {missing[0]!r} of silo {name!r}")
-                silo_labels = {r.id: bool(labels[r.id]["clean"]) for r in records}
-            silo = Silo(name, records, self.out / "silos" / name, silo_labels, console=self.console)
+            silo = Silo(name, by_silo[name], self.out / "silos" / name, silo_labels[name], console=self.console,
+                        corruptions=silo_corruptions[name])
             channels[name] = LocalChannel(silo, log)
             self.silo_digest[name] = file_digest(path)
         return channels
 
     def _ask(self, silo: str, kind: str, meta: dict) -> Message:
         return self.channels[silo].request(Message(kind, meta))
+
+    def check_overlap(self) -> dict[str, dict[str, int]]:
+        """Warn when a silo holds records of a public set; asked once, the counts kept as a stage result."""
+        request = overlap_request(self.validation, self.anchor, self.test)
+        counts = {
+            name: self.stages.run(f"overlap-{name}", {"silo": self.silo_digest[name], "public": self.public_key},
+                                  lambda name=name: self._ask(name, request.kind, request.meta).meta["public_overlap"])
+            for name in self.channels
+        }
+        warn_overlap(self.console, counts)
+        return counts
 
     # -- stages -------------------------------------------------------------------------------------
     def train_condition(self, condition: str) -> dict:
@@ -115,10 +153,12 @@ class Server:
     def _save_adapter(self, condition: str, silo: str, reply: Message) -> Path:
         from safetensors.torch import save_file
 
+        from clues.checkpoint import write_adapter_config
+
         folder = self.out / "server" / "adapters" / condition / silo
         folder.mkdir(parents=True, exist_ok=True)
         save_file(reply.tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-        write_json(folder / "adapter_config.json", reply.meta["adapter_config"])
+        write_adapter_config(folder, reply.meta["adapter_config"])
         return folder
 
     def score(self, method: str = "clues") -> dict:
@@ -192,16 +232,17 @@ class Server:
         def work():
             from clues.evaluate import evaluate_condition
             from clues.model import load_model
+            from clues.model.frozen_prefix import shared_prefix
 
             self.console.rule(f"[bold]evaluating[/bold] {condition} on {len(self.test)} test records")
-            model, tokenizer = load_model(self.config.model)
+            model, tokenizer = load_model(self.config.model, device=self.config.train.device)
             if adapter is not None:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(adapter))
             train = self.config.train
             return evaluate_condition(model, tokenizer, self.test, train.max_length, self.config.eval_batch_size,
-                                      train.template, console=self.console)
+                                      train.template, console=self.console, prefix_start=shared_prefix(model, train))
 
         return self.stages.run(f"evaluate-{condition}", key, work)
 
@@ -213,6 +254,7 @@ class Server:
         conditions = self.config.conditions
         trained, scores = {}, {}
         self._selection = {}
+        self.check_overlap()
         if "mixed" in conditions:
             trained["mixed"] = self.train_condition("mixed")
         for method in (m for m in METHODS if m in conditions):  # CLUES first: random and --match-count need its counts
@@ -231,7 +273,7 @@ class Server:
         results = {
             "conditions": evaluated,
             "selection": self._selection,
-            "scores": {m: {n: {k: s[k] for k in ("summary", "histogram", "checkpoints", "etas", "auroc", "roc") if k in s}
+            "scores": {m: {n: {k: s[k] for k in ("summary", "histogram", "checkpoints", "etas", "auroc", "roc", "by_corruption") if k in s}
                            for n, s in per_silo.items()} for m, per_silo in scores.items()},
             "scoring_seconds": {m: round(sum(self.stages.timing.get(f"score-{m}-{n}", 0.0) for n in self.channels), 3)
                                 for m in scores},
@@ -239,16 +281,15 @@ class Server:
             "timing": {**self.stages.timing, "total": round(time.perf_counter() - started, 3)},
             "config": self.config.to_dict(),
         }
-        write_json(self.out / "results.json", results)
         self._report(results)
         return results
 
     def _report(self, results: dict) -> None:
-        from clues.report import write_report
+        from clues.report import write_results
 
         clues_scores = results["scores"].get("clues")
         score_data = {
             name: {"histogram": s["histogram"], "tau": results["selection"]["clues"][name]["tau"]}
             for name, s in clues_scores.items()
         } if clues_scores else None
-        write_report(results, self.out, score_data)
+        write_results(results, self.out, score_data)

@@ -12,7 +12,6 @@ What a silo may send out: adapter tensors, counts, summaries and scores of *publ
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +63,8 @@ class Message:
 
 
 class BoundaryLog:
-    """One JSON line per message crossing the boundary: round, direction, kind, payload keys, bytes."""
+    """One JSON line per message crossing the boundary, in order: round, direction, kind, payload keys,
+    bytes. No wall-clock time: two runs with the same seed write the same log."""
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
@@ -77,7 +77,6 @@ class BoundaryLog:
         if not self.path:
             return
         row = {
-            "time": round_time(),
             "round": round,
             "silo": silo,
             "direction": direction,
@@ -89,7 +88,3 @@ class BoundaryLog:
         }
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
-
-
-def round_time() -> float:
-    return round(time.time(), 3)

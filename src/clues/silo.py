@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file
 
 from clues import checkpoint as ckpt
 from clues import protocol
 from clues.data import Record, record_from_dict, record_to_json
-from clues.errors import CluesError
+from clues.failures import SiloError
 from clues.histogram import score_histogram
 from clues.io import write_json, write_jsonl
-from clues.metrics import roc_auc, roc_curve, selection_metrics
+from clues.metrics import corruption_metrics, roc_auc, roc_curve, selection_metrics
 from clues.protocol import Message
 from clues.select import select, select_top, summary
 from clues.silo_federated import FederatedSilo
@@ -70,9 +69,10 @@ class Silo(FederatedSilo):
     """
 
     def __init__(self, name: str, records: list[Record], workdir: str | Path,
-                 labels: Mapping[str, bool] | None = None, console=None):
+                 labels: Mapping[str, bool] | None = None, console=None,
+                 corruptions: Mapping[str, str | None] | None = None):
         if not records:
-            raise CluesError(f"silo {name!r} has no records")
+            raise SiloError(f"silo {name!r} has no records")
         self.name = name
         self._records = list(records)
         self._workdir = Path(workdir)
@@ -80,11 +80,22 @@ class Silo(FederatedSilo):
         if self._labels is not None:
             missing = [r.id for r in self._records if r.id not in self._labels]
             if missing:
-                raise CluesError(f"silo {name!r}: {len(missing)} records have no label (e.g. {missing[0]!r})")
+                raise SiloError(f"silo {name!r}: {len(missing)} records have no label (e.g. {missing[0]!r})",
+                               public=f"{len(missing)} of its {len(self._records)} records have no label")
         self._console = console
+        # Benchmarks only: each record's corruption type, for per-type metrics (aggregates cross, never a record's type).
+        self._corruptions = dict(corruptions) if corruptions is not None and self._labels is not None else None
         self._scores: dict[str, list[float]] = {}  # per selection method
         self._kept: dict[str, list[Record]] = {}
         self.domains = tuple(sorted({r.domain for r in self._records if r.domain}))
+
+    def _corruption_list(self) -> list[str | None]:
+        return [self._corruptions.get(r.id) for r in self._records]
+
+    @property
+    def workdir(self) -> Path:
+        """The silo's own folder (scores, kept subset, ``silo-errors.log``); its files never cross."""
+        return self._workdir
 
     # -- the one entry point --------------------------------------------------------------------
     def handle(self, message: Message) -> Message:
@@ -94,7 +105,7 @@ class Silo(FederatedSilo):
         federated = self.federated_handlers()
         if message.kind in federated:
             return federated[message.kind](message)
-        raise CluesError(f"silo {self.name!r} cannot answer a {message.kind!r} message")
+        raise SiloError(f"silo {self.name!r} cannot answer a {message.kind!r} message")
 
     # -- handlers ---------------------------------------------------------------------------------
     def _file(self, stem: str, method: str, suffix: str = ".jsonl") -> Path:
@@ -110,14 +121,14 @@ class Silo(FederatedSilo):
             if method not in self._kept:
                 kept_file = self._file("kept", method)
                 if not kept_file.exists():
-                    raise CluesError(f"silo {self.name!r}: no {method} selection yet; score and select first")
+                    raise SiloError(f"silo {self.name!r}: no {method} selection yet; score and select first")
                 self._kept[method] = self._load_private(kept_file)
             return self._kept[method]
         if which == "clean":
             if self._labels is None:
-                raise CluesError("the oracle condition needs labels (--labels)")
+                raise SiloError("the oracle condition needs labels (--labels)")
             return [r for r in self._records if self._labels[r.id]]
-        raise CluesError(f"unknown record subset {which!r}")
+        raise SiloError(f"unknown record subset {which!r}")
 
     def _load_private(self, path: Path) -> list[Record]:
         with open(path, encoding="utf-8") as handle:
@@ -139,7 +150,7 @@ class Silo(FederatedSilo):
         (self._workdir / "runs" / f"{meta['tag']}.latest").write_text(run_dir.name, encoding="utf-8")
         reply["train_loss"] = json.loads((final / "trainer_meta.json").read_text())["train_loss"]
         reply["adapter_config"] = json.loads((final / "adapter_config.json").read_text())
-        tensors = load_file(str(final / "adapter_model.safetensors")) if meta.get("return_adapter", True) else {}
+        tensors = ckpt.load_tensors(final / ckpt.ADAPTER_FILE) if meta.get("return_adapter", True) else {}
         return Message(protocol.ADAPTER, reply, tensors)
 
     def _warmup_dir(self, run: str) -> Path | None:
@@ -155,7 +166,7 @@ class Silo(FederatedSilo):
         check_methods([method])
         run_dir = self._warmup_dir(meta.get("run", "mixed"))
         if run_dir is None and method in NEEDS_WARMUP:
-            raise CluesError(f"silo {self.name!r}: no training run {meta.get('run', 'mixed')!r} to score with")
+            raise SiloError(f"silo {self.name!r}: no training run {meta.get('run', 'mixed')!r} to score with")
         validation = [record_from_dict(r, "validation", n) for n, r in enumerate(meta["validation"], 1)]
         anchors = [record_from_dict(r, "anchor", n) for n, r in enumerate(meta["anchor"], 1)]
         settings = _config_from(meta.get("settings", {}), ScoreSettings)
@@ -201,6 +212,8 @@ class Silo(FederatedSilo):
         if clean is not None:  # benchmarks only: aggregate quality of the ranking, never a record's label
             reply["auroc"] = roc_auc(scores, clean)
             reply["roc"] = roc_curve(scores, clean)
+            if self._corruptions is not None:
+                reply["by_corruption"] = corruption_metrics(scores, clean, self._corruption_list())
         return Message(protocol.SCORES, reply)
 
     def _select(self, meta: dict) -> Message:
@@ -209,7 +222,7 @@ class Silo(FederatedSilo):
         if method not in self._scores:
             scores_file = self._file("scores", method)
             if not scores_file.exists():
-                raise CluesError(f"silo {self.name!r}: no {method} scores yet; score first")
+                raise SiloError(f"silo {self.name!r}: no {method} scores yet; score first")
             with open(scores_file, encoding="utf-8") as handle:
                 self._scores[method] = [json.loads(line)["score"] for line in handle if line.strip()]
         scores = self._scores[method]
@@ -228,5 +241,7 @@ class Silo(FederatedSilo):
             reply["clean_total"] = sum(clean)
             reply.update(selection_metrics(decisions, clean))
             reply["auroc"] = roc_auc(scores, clean)
+            if self._corruptions is not None:
+                reply["by_corruption"] = corruption_metrics(scores, clean, self._corruption_list(), decisions)
         write_json(self._file("selection", method, ".json"), reply)
         return Message(protocol.SELECTION, reply)

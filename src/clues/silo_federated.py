@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from clues import checkpoint as ckpt
 from clues import protocol
-from clues.errors import CluesError
+from clues.failures import SiloError
 from clues.io import write_json, write_jsonl
 from clues.protocol import Message
 
@@ -48,8 +48,17 @@ class FederatedSilo:
 
     # -- hello ------------------------------------------------------------------------------------
     def _hello(self, message: Message) -> Message:
-        return Message(protocol.INFO, {"silo": self.name, "records": len(self._records),
-                                       "labelled": self._labels is not None})
+        """Name and record count; with ``public`` sets in the request, how many own records each shares
+        with them (a count only: which records they are stays here)."""
+        from clues.data.records import record_from_dict, shared_count
+
+        reply = {"silo": self.name, "records": len(self._records), "labelled": self._labels is not None}
+        if message.meta.get("public"):
+            reply["public_overlap"] = {
+                name: shared_count(self._records, (record_from_dict(r, name, n) for n, r in enumerate(rows, 1)))
+                for name, rows in message.meta["public"].items()
+            }
+        return Message(protocol.INFO, reply)
 
     # -- fit --------------------------------------------------------------------------------------
     def _fed_dir(self, tag: str) -> Path:
@@ -70,6 +79,7 @@ class FederatedSilo:
     def _fit(self, message: Message) -> Message:
         from clues.data.batching import pad_batch
         from clues.federated_model import adapter_state, load_adapter_state, lora_model
+        from clues.model.frozen_prefix import fill_prefix
         from clues.train import TrainConfig, epoch_order, optimizer_step, plan
 
         meta = message.meta
@@ -82,6 +92,8 @@ class FederatedSilo:
         model, tokenizer = lora_model(config)
         load_adapter_state(model, message.tensors)
         encodings = self._encodings(which, records, tokenizer, config)
+        if config.cache_frozen:  # the encodings live for the whole process: every round reuses the states
+            fill_prefix(model, encodings, tokenizer.pad_token_id, config.batch_size)
         folder = self._fed_dir(tag)
         state = json.loads((folder / STATE_FILE).read_text()) if (folder / STATE_FILE).exists() else {"step": 0}
         params = [p for p in model.parameters() if p.requires_grad]
@@ -114,7 +126,7 @@ class FederatedSilo:
     def _fed_score(self, message: Message) -> Message:
         from clues.data import record_from_dict
         from clues.federated_model import load_adapter_state, lora_model
-        from clues.metrics import roc_auc
+        from clues.metrics import corruption_metrics, roc_auc
         from clues.scoring.engine import Scorer, ScoreSettings, compact_encodings
         from clues.scoring.preconditioners import needs_moments
         from clues.histogram import score_histogram
@@ -134,7 +146,7 @@ class FederatedSilo:
         if needs_moments(settings.precondition):
             folder = self._workdir / "federated" / meta.get("moments_of", "fl-mixed")
             if not (folder / ckpt.OPTIMIZER_FILE).exists():
-                raise CluesError(f"silo {self.name!r}: preconditioner {settings.precondition!r} needs local optimizer "
+                raise SiloError(f"silo {self.name!r}: preconditioner {settings.precondition!r} needs local optimizer "
                                  "moments and this silo has not trained yet")
             moments = ckpt.load_moments(folder)
         eta = float(meta["eta"])
@@ -166,6 +178,8 @@ class FederatedSilo:
         )
         if clean is not None:
             reply["auroc"] = roc_auc(totals, clean)
+            if self._corruptions is not None:
+                reply["by_corruption"] = corruption_metrics(totals, clean, self._corruption_list())
         return Message(protocol.SCORES, reply)
 
     def _score_columns(self) -> dict[str, list[float]]:
@@ -204,6 +218,6 @@ def direction_from_tensors(scorer, tensors: dict[str, torch.Tensor]) -> torch.Te
     for block in scorer.blocks:
         piece = tensors.get(DIRECTION_PREFIX + block.name)
         if piece is None:
-            raise CluesError(f"the validation direction has no piece for {block.name}")
+            raise SiloError(f"the validation direction has no piece for {block.name}")
         pieces.append(piece.reshape(-1).to(torch.float64))
     return torch.cat(pieces)

@@ -1,7 +1,8 @@
 """Resumable pipeline stages: a finished stage whose inputs and config did not change is skipped.
 
 Each stage ends by writing ``DIR/.stages/<name>.json`` atomically, holding a fingerprint of what
-went in (config values and input file hashes) and the stage's small JSON result. A rerun after an
+went in (config values and input file hashes) and the stage's small JSON result; its wall time goes
+to ``DIR/timing.json`` (``timing``), the one file that differs between two runs with the same seed. A rerun after an
 interruption finds the markers of the stages that finished and recomputes only the rest; a changed
 input or option changes the fingerprint, so the stage (and, through its result, every later one)
 runs again.
@@ -38,6 +39,11 @@ class Stages:
         self.root = Path(root)
         self.console = console
         self.timing: dict[str, float] = {}
+        self._timing_file = self.root / "timing.json"
+        try:  # the wall times of stages finished by an earlier, interrupted run
+            self._earlier = json.loads(self._timing_file.read_text(encoding="utf-8")).get("timing", {})
+        except (OSError, ValueError, AttributeError):
+            self._earlier = {}
 
     def _marker(self, name: str) -> Path:
         return self.root / ".stages" / f"{name.replace('/', '__')}.json"
@@ -49,7 +55,7 @@ class Stages:
         if marker.exists():
             stored = json.loads(marker.read_text(encoding="utf-8"))
             if stored.get("fingerprint") == print_key:
-                self.timing[name] = stored.get("seconds", 0.0)
+                self.timing[name] = self._earlier.get(name, 0.0)
                 if self.console is not None:
                     self.console.print(f"[dim]· {name}: finished earlier, skipped[/dim]")
                 return stored["result"]
@@ -57,5 +63,7 @@ class Stages:
         result = work()
         seconds = round(time.perf_counter() - start, 3)
         self.timing[name] = seconds
-        write_json(marker, {"fingerprint": print_key, "seconds": seconds, "result": result})
+        write_json(marker, {"fingerprint": print_key, "result": result})
+        self._earlier[name] = seconds
+        write_json(self._timing_file, {"timing": self._earlier})
         return result

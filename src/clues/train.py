@@ -45,11 +45,23 @@ from clues.data.batching import pad_batch
 from clues.data.records import Record
 from clues.data.template import TEMPLATES, encode_all
 from clues.errors import CluesError
+from clues.fieldcheck import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, check_fields
 from clues.loss import batch_record_losses
 
 DEFAULT_EPOCHS = 3
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 META_FORMAT = 1
+# Options that change how fast a run goes, never its result: a run may resume with another value.
+RESULT_NEUTRAL = ("cache_frozen",)
+
+
+# Checked with every field's type by TrainConfig.__post_init__ (clues.fieldcheck).
+TRAIN_RANGES = {
+    **dict.fromkeys(("epochs", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_layers", "save_every", "max_length"), AT_LEAST_1),
+    "lr": POSITIVE, "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE, "adam_beta1": FRACTION,
+    "adam_beta2": FRACTION, "adam_eps": POSITIVE, "max_grad_norm": NON_NEGATIVE, "lora_alpha": POSITIVE,
+    "lora_dropout": FRACTION, "seed": NON_NEGATIVE,
+}
 
 
 @dataclass(frozen=True)
@@ -81,12 +93,16 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] | None = None
+    lora_layers: int | None = None
     max_length: int = 256
     save_every: int | None = None
     seed: int = 0
     template: str = "alpaca"
     dtype: str = "float32"
     device: str = "cpu"
+    # Run the frozen layers below the first adapted one once per record and reuse their output
+    # (clues.model.frozen_prefix). Exact, so it is not part of what must match on resume.
+    cache_frozen: bool = True
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -96,16 +112,9 @@ class TrainConfig:
             set_("epochs", DEFAULT_EPOCHS)
         if isinstance(self.lora_targets, str):
             set_("lora_targets", tuple(t.strip() for t in self.lora_targets.split(",") if t.strip()) or None)
-        elif self.lora_targets is not None:
+        elif isinstance(self.lora_targets, (list, tuple)):
             set_("lora_targets", tuple(self.lora_targets) or None)
-        for name in ("epochs", "max_steps", "batch_size", "grad_accum", "lora_r", "save_every", "max_length"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise CluesError(f"{name} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise CluesError(f"lr must be positive, got {self.lr}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise CluesError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check_fields(self, TRAIN_RANGES)
         if self.template not in TEMPLATES:
             raise CluesError(f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
         if self.dtype not in DTYPES:
@@ -120,7 +129,8 @@ class TrainConfig:
     def lora_settings(self):
         from clues.model import LoraSettings
 
-        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=self.lora_targets)
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                            target_modules=self.lora_targets, layers=self.lora_layers)
 
     def to_dict(self) -> dict:
         """JSON-ready (tuples become lists): what ``trainer_meta.json`` records as ``config``."""
@@ -151,7 +161,9 @@ def lr_factor(step: int, total_steps: int, warmup: int) -> float:
     """Multiplier of the base lr used by optimizer step ``step`` (0-based); never 0 within the run."""
     if step < warmup:
         return (step + 1) / warmup
-    return max(0.0, (total_steps - step) / (total_steps - warmup))
+    # max(1, ...): when warm-up covers every step (one-step runs), the scheduler still asks for the
+    # factor after the last step
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
 
 def epoch_order(n_records: int, seed: int, epoch: int) -> list[int]:
@@ -204,7 +216,8 @@ def _check_resumable(meta: dict, config: TrainConfig, base_model: str, fingerpri
     """Refuse to continue a run that was started with another config, model or data."""
     wanted = {**config.to_dict(), "model": base_model}
     saved = {**meta.get("config", {}), "model": meta.get("base_model")}
-    diffs = [f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in wanted if saved.get(k) != wanted.get(k)]
+    diffs = [f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in wanted
+             if k not in RESULT_NEUTRAL and saved.get(k) != wanted.get(k)]
     if meta.get("data", {}).get("sha256") != fingerprint:
         diffs.append("data: different records")
     if diffs:
@@ -261,6 +274,7 @@ def train(config: TrainConfig, records: Sequence[Record], out_dir: str | os.Path
     the truncation report and a progress bar; ``None`` trains silently.
     """
     from clues.model import attach_lora, base_model_id, load_model
+    from clues.model.frozen_prefix import fill_prefix
 
     if not records:
         raise CluesError("no training records")
@@ -290,6 +304,10 @@ def train(config: TrainConfig, records: Sequence[Record], out_dir: str | os.Path
         say(f"truncation (max_length={config.max_length}): {report.summary()}")
         model = attach_lora(model, config.lora_settings())
         model.train()
+        if config.cache_frozen:
+            frozen = fill_prefix(model, encodings, tokenizer.pad_token_id, config.batch_size)
+            if frozen:
+                say(f"layers 0-{frozen - 1} are frozen: their output is computed once per record and reused")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,

@@ -9,6 +9,7 @@ thresholded like CLUES: by its own scores of the public anchor set (CLUES.md sec
 method         score (higher = keep)                                   model
 =============  ======================================================  ===============================
 ``clues``      sum_c eta_c <G_c(z), g_val,c> (:mod:`clues.scoring`)    the silo's warm-up checkpoints
+``loss``       minus the loss under a run that never saw the record   two half runs (warm-up settings)
 ``perplexity`` minus the response loss given the instruction           the base model
 ``ifd``        minus loss(response | instruction) / loss(response)     the base model
 ``datainf``    minus the DataInf influence on the validation loss      the warm-up run's last checkpoint
@@ -34,9 +35,10 @@ from clues.errors import CluesError
 from clues.scoring.engine import ScoreSettings
 
 # Selection methods, in the order a benchmark runs them (random needs the count CLUES kept).
-METHODS = ("clues", "perplexity", "ifd", "datainf", "less", "rds", "random")
+METHODS = ("clues", "loss", "perplexity", "ifd", "datainf", "less", "rds", "random")
 _SCORERS = {
     "clues": ("clues.baselines.trace", "clues_scores"),
+    "loss": ("clues.baselines.heldout_loss", "heldout_loss_scores"),
     "perplexity": ("clues.baselines.likelihood", "perplexity_scores"),
     "ifd": ("clues.baselines.likelihood", "ifd_scores"),
     "datainf": ("clues.baselines.datainf", "datainf_scores"),
@@ -45,7 +47,7 @@ _SCORERS = {
     "random": ("clues.baselines.uniform", "random_scores"),
 }
 # Methods that score with the silo's warm-up training run (the others need only the base model).
-NEEDS_WARMUP = ("clues", "datainf", "less")
+NEEDS_WARMUP = ("clues", "loss", "datainf", "less")
 
 
 @dataclass(frozen=True)

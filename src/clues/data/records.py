@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -16,6 +17,9 @@ from typing import Any, Iterable, Iterator
 from clues.errors import DataError, Problem
 
 TEXT_FIELDS = ("instruction", "input", "output")
+MAX_DEPTH = 100  # nesting levels a record's field may have (JSON itself recurses ~1000 deep)
+TOO_DEEP = "invalid JSON: nested too deeply"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 OPTIONAL_STRING_FIELDS = ("id", "domain", "language")
 
 
@@ -84,9 +88,32 @@ def _type_name(value: Any) -> str:
     )
 
 
+def _text_problem(value: Any) -> str | None:
+    """Why ``value`` (a field of a record, nested arrays and objects included) cannot be kept as
+    text, or None. JSON allows escapes like ``"\\ud800"`` that decode to half a UTF-16 pair, which no
+    UTF-8 file, tokenizer or hash can take; and a value nested deeper than :data:`MAX_DEPTH` would
+    break writing it back. Walked without recursion, so depth itself cannot crash the check."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(item, dict):
+            stack.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            stack.extend((part, depth + 1) for part in item)
+        elif isinstance(item, str) and (found := _SURROGATE.search(item)):
+            return f"lone surrogate \\u{ord(found.group()):04x} at character {found.start() + 1}: not valid Unicode text"
+    return None
+
+
 def _validate_object(obj: Any, file: str, line: int) -> list[Problem]:
     if not isinstance(obj, dict):
         return [Problem(file, line, "-", f"expected a JSON object, got {_type_name(obj)}")]
+    unusable = [Problem(file, line, str(key) if _text_problem(key) is None else "-", reason)
+                for key, value in obj.items() if (reason := _text_problem(key) or _text_problem(value))]
+    if unusable:  # the checks below would hash or print this text
+        return unusable
     problems = []
     output = obj.get("output")
     if "output" not in obj:
@@ -131,6 +158,8 @@ def _iter_jsonl(path: str, data: bytes) -> Iterator[tuple[int, Any] | Problem]:
             yield number, json.loads(text)
         except json.JSONDecodeError as exc:
             yield Problem(path, number, "-", f"invalid JSON: {exc.msg} (column {exc.colno})")
+        except RecursionError:
+            yield Problem(path, number, "-", TOO_DEEP)
 
 
 _WHITESPACE = " \t\r\n"
@@ -188,6 +217,9 @@ def _iter_json(path: str, data: bytes) -> Iterator[tuple[int, Any] | Problem]:
     except json.JSONDecodeError as exc:
         yield Problem(path, exc.lineno, "-", f"invalid JSON: {exc.msg} (column {exc.colno})")
         return
+    except RecursionError:
+        yield Problem(path, 1, "-", TOO_DEEP)
+        return
     if isinstance(document, list):
         yield from _iter_array(text, _skip_ws(text, 0), path)
     elif isinstance(document, dict) and isinstance(document.get("instances"), list):
@@ -209,7 +241,7 @@ def _is_json_document(path: str, data: bytes) -> bool:
         return True
     try:
         return head == b"{" and "instances" in json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
 
 
@@ -278,6 +310,15 @@ def load_many(paths: Iterable[str | os.PathLike]) -> list[Record]:
     if problems:
         raise DataError(problems)
     return records
+
+
+def shared_count(records: Iterable[Record], public: Iterable[Record]) -> int:
+    """How many of ``records`` share an id or their content (instruction, input, output, stripped)
+    with a record of ``public``: a public set overlapping a silo biases scores, threshold and test loss."""
+    content = lambda r: (r.instruction.strip(), r.input.strip(), r.output.strip())  # noqa: E731
+    public = list(public)
+    ids, contents = {r.id for r in public}, {content(r) for r in public}
+    return sum(1 for r in records if r.id in ids or content(r) in contents)
 
 
 def record_to_json(record: Record) -> dict:

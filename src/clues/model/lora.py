@@ -35,8 +35,13 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] | None = None
+    # Adapt only the top ``layers`` decoder layers (None: all). The layers below stay frozen, so
+    # their output can be computed once per record and cached (clues.model.frozen_prefix).
+    layers: int | None = None
 
     def __post_init__(self):
+        if self.layers is not None and self.layers < 1:
+            raise CluesError(f"lora_layers must be at least 1 (the number of top layers to adapt), got {self.layers}")
         if self.r < 1:
             raise CluesError(f"LoRA rank must be at least 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -105,7 +110,14 @@ def attach_lora(model, settings: LoraSettings | None = None):
             f"LoRA target module(s) {', '.join(missing)} match nothing in this model; "
             f"its linear modules are named: {', '.join(kinds)}"
         )
+    layers = None
+    if settings.layers is not None:
+        total = getattr(_base(model).config, "num_hidden_layers", None)
+        if total is None:
+            raise CluesError("lora_layers needs a model whose config has num_hidden_layers")
+        layers = list(range(max(0, total - settings.layers), total))
     config = LoraConfig(
+        layers_to_transform=layers,
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,

@@ -26,7 +26,9 @@ from clues.data.batching import length_sorted_batches, pad_batch
 from clues.data.records import Record
 from clues.data.template import encode
 from clues.errors import CluesError
-from clues.loss import per_record_loss
+from clues.fieldcheck import AT_LEAST_1, NON_NEGATIVE, check_fields
+from clues.loss import batch_record_losses
+from clues.model.frozen_prefix import fill_prefix
 from clues.scoring.params import LoraBlock, select_blocks
 from clues.scoring.per_sample import per_record_gradients
 from clues.scoring.preconditioners import AdamHyper, check_kind, needs_moments, precondition
@@ -49,15 +51,13 @@ class ScoreSettings:
     w_other: float = 1.0
     domains: tuple[str, ...] | None = None
     device: str = "cpu"
+    # Run the layers below the first LoRA layer once per record, for all checkpoints (exact; see
+    # clues.model.frozen_prefix).
+    cache_frozen: bool = True
 
     def __post_init__(self):
+        check_fields(self, {"batch_size": AT_LEAST_1, "project": AT_LEAST_1, "w_other": NON_NEGATIVE, "seed": NON_NEGATIVE})
         check_kind(self.precondition)
-        if self.batch_size < 1:
-            raise CluesError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.project is not None and self.project < 1:
-            raise CluesError(f"--project must be a positive dimension, got {self.project}")
-        if self.w_other < 0:
-            raise CluesError(f"--w-other must be >= 0, got {self.w_other}")
 
 
 def validation_weights(validation: Sequence[Record], own_domains, w_other: float) -> list[float]:
@@ -129,10 +129,7 @@ class Scorer:
         device = params[0].device
         for indices, batch in self._batches(encodings):
             with torch.enable_grad():
-                logits = self.model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-                ).logits
-                losses = per_record_loss(logits, batch["labels"].to(device))
+                losses = batch_record_losses(self.model, batch)
                 w = torch.tensor([weights[i] for i in indices], dtype=losses.dtype, device=device)
                 grads = torch.autograd.grad((losses * w).sum(), params)
             total += torch.cat([g.detach().reshape(-1).to("cpu", torch.float64) for g in grads])
@@ -319,6 +316,10 @@ def open_run(
     scorer = Scorer.for_model(model, pad_id, settings.params, settings.batch_size)
     val_enc = compact_encodings(validation, tokenizer, max_length, template)
     set_enc = {name: compact_encodings(records, tokenizer, max_length, template) for name, records in record_sets.items()}
+    if settings.cache_frozen:
+        # The base model's layers below the first LoRA layer are the same at every checkpoint.
+        for encs in [val_enc, *set_enc.values()]:
+            fill_prefix(model, encs, pad_id, settings.batch_size)
     if console is not None:
         cut = sum(1 for encs in [val_enc, *set_enc.values()] for e in encs if e["truncated"])
         if cut:
@@ -359,13 +360,19 @@ def score_run(
     ``progress(n)`` is called after every ``n`` records processed; the total is
     ``checkpoints * (len(validation) + sum of set sizes)``.
     """
-    run = open_run(run_dir, record_sets, validation, settings, base_model, console)
-    scorer = run.scorer
     domains = settings.domains
     if domains is None:  # the silo's own domains: those of its data (the first set), not of the public anchors
         first = next(iter(record_sets.values()), [])
         domains = sorted({r.domain for r in first if r.domain})
     weights = validation_weights(validation, domains, settings.w_other)
+    # Validation records of weight 0 (other domains with --w-other 0) add nothing: never run them.
+    used = [i for i, w in enumerate(weights) if w > 0]
+    skipped = len(validation) - len(used)
+    validation, weights = [validation[i] for i in used], [weights[i] for i in used]
+    run = open_run(run_dir, record_sets, validation, settings, base_model, console)
+    scorer = run.scorer
+    if progress and skipped:
+        progress(skipped * len(run.checkpoints))  # they count as done, so the total stays as documented
 
     result = RunScores([], [], {name: torch.zeros(len(records), len(run.checkpoints), dtype=torch.float64) for name, records in record_sets.items()})
     for c, path in enumerate(run.checkpoints):

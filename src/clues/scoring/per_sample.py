@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 import torch
 
 from clues.errors import CluesError
-from clues.loss import per_record_loss
+from clues.loss import batch_record_losses
 from clues.scoring.params import LoraBlock
 
 
@@ -64,7 +64,8 @@ def per_record_gradients(
     """Yield ``(block, grads)`` with ``grads[b]`` the gradient of record b's loss w.r.t. ``block.param``.
 
     ``batch`` is a padded batch from :func:`clues.data.batching.pad_batch`; the loss is
-    :func:`clues.loss.per_record_loss` (mean over each record's response tokens). Blocks are yielded
+    :func:`clues.loss.batch_record_losses` (mean over each record's response tokens; from the
+    cached frozen prefix when the batch carries one). Blocks are yielded
     one at a time so that only one ``[batch, *param.shape]`` tensor lives at once.
     The model must be in eval mode: LoRA dropout would make the gradient random.
     """
@@ -77,12 +78,8 @@ def per_record_gradients(
         if key not in index_of:
             index_of[key] = len(layers)
             layers.append((block.lora_A, block.lora_B))
-    device = next(model.parameters()).device
     with torch.enable_grad(), _capture(layers) as seen:
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        losses = per_record_loss(logits, batch["labels"].to(device))
+        losses = batch_record_losses(model, batch)
         outputs = []
         for i in range(len(layers)):
             if "y" not in seen[i] or "x" not in seen[i]:
@@ -91,7 +88,6 @@ def per_record_gradients(
                 raise CluesError("LoRA outputs carry no gradient; the LoRA parameters must require grad")
             outputs.append(seen[i]["y"])
         grads_y = torch.autograd.grad(losses.sum(), outputs)
-    del logits
     for block in blocks:
         i = index_of[id(block.lora_B)]
         dy = grads_y[i].float()

@@ -12,8 +12,13 @@ A Flower ClientApp object is rebuilt for every message, and the simulation engin
 same silo to different worker processes from one message to the next. So a fresh
 :class:`~clues.silo.Silo` answers each message: only its records and labels (read-only) are cached
 per process, and its state (optimizer moments, scores, kept subset) lives in its work folder.
-``faults`` is a resilience drill: ``{silo name: rounds}`` makes that silo's handler raise in those
-rounds, as a crashed silo would, so the server's tolerance can be tested end to end.
+Any failure on the way (a bad node config, an unreadable silo or labels file, a handler that raises)
+becomes an ``error`` reply carrying the error's kind and a public reason only (:mod:`clues.failures`);
+the full message stays in the silo's ``silo-errors.log``. Were the exception to escape, Flower would
+send its text (which may quote a record id) to the server.
+
+``faults`` is a resilience drill: ``{silo name: rounds}`` makes that silo's ClientApp crash in those
+rounds (the exception escapes, as from a dead process), so the server's tolerance can be tested end to end.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from flwr.clientapp import ClientApp
 
 from clues.collab.flower.records import from_records, to_records
 from clues.errors import CluesError
+from clues.failures import failure_reply
+from clues.names import check_silo_name
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,10 @@ def spec_from_node_config(node_config: Mapping) -> SiloSpec:
     if "silo-file" not in node_config:
         raise CluesError("this SuperNode has no silo: start it with --node-config \"silo-file='/path/to/records.jsonl'\"")
     file = Path(str(node_config["silo-file"])).expanduser().resolve()
-    name = str(node_config.get("silo-name") or file.stem)
+    if "silo-name" in node_config:
+        name = check_silo_name(str(node_config["silo-name"]), "node config silo-name")
+    else:
+        name = check_silo_name(file.stem, "node config silo-file (its file name is the silo name)")
     workdir = str(node_config.get("workdir") or file.parent / f"{name}-clues")
     labels = node_config.get("labels-file")
     return SiloSpec(name, str(file), workdir, str(labels) if labels else None)
@@ -59,15 +69,20 @@ def open_silo(spec: SiloSpec):
         from clues.data import load_records
 
         records = load_records(spec.file)
-        labels = None
+        labels = corruptions = None
         if spec.labels:
             from clues.metrics import load_labels
 
             rows = load_labels(spec.labels)
             labels = {r.id: bool(rows[r.id]["clean"]) for r in records if r.id in rows}
-        _DATA[spec] = (records, labels)
-    records, labels = _DATA[spec]
-    return Silo(spec.name, records, spec.workdir, labels)
+            corruptions = {r.id: rows[r.id].get("corruption") for r in records if r.id in rows}
+        _DATA[spec] = (records, labels, corruptions)
+    records, labels, corruptions = _DATA[spec]
+    return Silo(spec.name, records, spec.workdir, labels, corruptions=corruptions)
+
+
+class FaultDrill(RuntimeError):
+    """The drill's simulated crash: it escapes the ClientApp as an unexpected crash would."""
 
 
 def make_client_app(silos: Sequence[SiloSpec] | None = None, faults: Mapping[str, Sequence[int]] | None = None) -> ClientApp:
@@ -81,11 +96,17 @@ def make_client_app(silos: Sequence[SiloSpec] | None = None, faults: Mapping[str
         return spec_from_node_config(context.node_config)
 
     def handle(message: Message, context: Context) -> Message:
-        spec = spec_for(context)
-        request = from_records(message.content)
-        if request.meta.get("round") in faults.get(spec.name, ()):
-            raise RuntimeError(f"fault drill: silo {spec.name} fails in round {request.meta['round']}")
-        reply = open_silo(spec).handle(request)
+        request = from_records(message.content)  # the server's request: nothing private in it
+        spec = None
+        try:
+            spec = spec_for(context)
+            if request.meta.get("round") in faults.get(spec.name, ()):
+                raise FaultDrill(f"fault drill: silo {spec.name} fails in round {request.meta['round']}")
+            reply = open_silo(spec).handle(request)
+        except FaultDrill:
+            raise
+        except Exception as exc:  # only the kind and a public reason may leave this silo
+            reply = failure_reply(request.kind, exc, spec.name if spec else None, spec.workdir if spec else None)
         return Message(to_records(reply), reply_to=message)
 
     app.train()(handle)

@@ -6,10 +6,16 @@ What an operator would do by hand on several machines (docs/federated.md), done 
    ``clues.collab.flower.server_app:app`` and ``client_app:app``; the run config names the job
    file ``OUT/flower-app/job.json`` with the run settings) and a Flower configuration
    (``OUT/flower-home/config.toml``) with one SuperLink connection, ``clues-local``;
-2. start ``flower-superlink --insecure`` and one ``flower-supernode --insecure`` per silo, each
-   pointed at its own silo file through ``--node-config "silo-file='...' silo-name='...'"``;
-3. ``flwr run OUT/flower-app clues-local``, then wait until ``OUT/results.json`` is written;
-4. stop every process it started, by PID (process groups, so their ClientApp/ServerApp
+2. secure the federation (:func:`security_for`): TLS with the certificates in ``--certs DIR``
+   (``ca.pem``, ``server.pem``, ``server.key``; without ``--certs``, self-signed ones made for this
+   run in ``OUT/certs``), and SuperNode authentication: one key pair per silo in ``OUT/flower-auth``,
+   each public key registered with ``flwr supernode register`` before the SuperNodes start, and the
+   SuperLink started with ``--enable-supernode-auth`` so it refuses any other SuperNode.
+   ``--insecure`` (plaintext, any SuperNode accepted) only when asked for by name, with a warning;
+3. start ``flower-superlink`` and one ``flower-supernode`` per silo, each pointed at its own silo
+   file through ``--node-config "silo-file='...' silo-name='...'"``;
+4. ``flwr run OUT/flower-app clues-local``, then wait until ``OUT/results.json`` is written;
+5. stop every process it started, by PID (process groups, so their ClientApp/ServerApp
    subprocesses go too), also on error or Ctrl-C.
 
 Every wait has a timeout; ports are picked free at start so two runs never collide; logs of each
@@ -25,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from clues.errors import CluesError
@@ -84,15 +91,78 @@ def absolute_paths(values: dict) -> dict:
     return out
 
 
-def write_flower_config(home: Path, port: int) -> None:
+@dataclass(frozen=True)
+class Security:
+    """How the local federation is protected: TLS files (``None``: plaintext, asked for by name) and
+    each SuperNode's authentication key pair (``None``: the SuperLink accepts any SuperNode)."""
+
+    tls: dict[str, Path] | None
+    node_keys: dict[str, tuple[Path, Path]] | None = None
+
+
+INSECURE_WARNING = ("--insecure: the SuperLink and SuperNodes talk in plaintext and the SuperLink accepts any "
+                    "SuperNode; use it only on a trusted, closed network")
+
+
+def security_for(out: Path, silos, certs: Path | None = None, insecure: bool = False, say=print) -> Security:
+    """TLS from ``certs`` (or trial certificates made in ``OUT/certs``) plus SuperNode keys, or plaintext if ``insecure``."""
+    from clues.collab.flower.certs import check_tls_folder, make_certificates, make_node_keys
+
+    if insecure:
+        if certs is not None:
+            raise CluesError("--insecure and --certs exclude each other: choose TLS or plaintext")
+        say(f"warning: {INSECURE_WARNING}")
+        return Security(None)
+    if certs is not None:
+        tls = check_tls_folder(certs)
+    else:
+        tls = make_certificates(out / "certs", days=1, overwrite=True)
+        say(f"TLS with self-signed certificates made for this run in {out / 'certs'} (give your own with --certs DIR)")
+    return Security(tls, make_node_keys(out / "flower-auth", silos, overwrite=True))
+
+
+def superlink_argv(port: int, database: Path, security: Security) -> list[str]:
+    argv = [_tool("flower-superlink"), "--database", str(database), "--host", "127.0.0.1", "--port", str(port)]
+    if security.tls is None:
+        return argv + ["--insecure"]
+    argv += ["--ssl-ca-certfile", str(security.tls["ca.pem"]), "--ssl-certfile", str(security.tls["server.pem"]),
+             "--ssl-keyfile", str(security.tls["server.key"])]
+    return argv + (["--enable-supernode-auth"] if security.node_keys else [])
+
+
+def supernode_argv(name: str, superlink_port: int, node_config: str, security: Security) -> list[str]:
+    """One SuperNode; its own Runtime API (for its ClientApp processes) listens on 127.0.0.1 only."""
+    argv = [_tool("flower-supernode"), "--superlink", f"127.0.0.1:{superlink_port}", "--node-config", node_config,
+            "--host", "127.0.0.1", "--port", str(free_port()), "--max-wait-time", "60"]
+    if security.tls is None:
+        return argv + ["--insecure"]
+    argv += ["--root-certificates", str(security.tls["ca.pem"])]
+    if security.node_keys:
+        argv += ["--auth-supernode-private-key", str(security.node_keys[name][0])]
+    return argv
+
+
+def write_flower_config(home: Path, port: int, security: Security) -> None:
+    """The ``flwr`` CLI's connection ``clues-local``: TLS verified against the CA, or plaintext if insecure."""
     home.mkdir(parents=True, exist_ok=True)
+    tls = "insecure = true" if security.tls is None else f"root-certificates = {json.dumps(str(security.tls['ca.pem']))}"
     (home / "config.toml").write_text(f"""[superlink]
 default = "clues-local"
 
 [superlink.clues-local]
 address = "127.0.0.1:{port}"
-insecure = true
+{tls}
 """, encoding="utf-8")
+
+
+def register_supernodes(security: Security, env: dict, out: Path) -> None:
+    """``flwr supernode register`` every SuperNode's public key, so the SuperLink admits exactly these."""
+    for name, (_, public) in (security.node_keys or {}).items():
+        done = subprocess.run([_tool("flwr"), "supernode", "register", str(public), "clues-local", "--name", name],
+                              env=env, capture_output=True, text=True, timeout=120)
+        (out / "logs" / f"register-{name}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+        if done.returncode != 0:
+            raise CluesError(f"flwr supernode register {name} failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
 
 class Processes:
@@ -197,8 +267,11 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> 
     raise CluesError(f"{what} did not open port {port} within {timeout:.0f} s")
 
 
-def deploy(config, fed, timeout: float = 900.0, say=print) -> dict:
-    """Run the federated job on a local SuperLink with one SuperNode per silo; return results.json."""
+def deploy(config, fed, timeout: float = 900.0, say=print, certs: Path | None = None, insecure: bool = False) -> dict:
+    """Run the federated job on a local SuperLink with one SuperNode per silo; return results.json.
+
+    TLS and SuperNode authentication unless ``insecure`` (see :func:`security_for`).
+    """
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results, report = out / "results.json", out / "report.html"
@@ -210,26 +283,22 @@ def deploy(config, fed, timeout: float = 900.0, say=print) -> dict:
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # Flower starts its helpers by name
     app = write_app(out, config, fed)
-    write_flower_config(home, port)
+    security = security_for(out, config.silos, certs, insecure, say)
+    write_flower_config(home, port, security)
     procs = Processes(out / "logs", env)
     deadline = time.monotonic() + timeout
     try:
-        link = procs.start("superlink", [
-            _tool("flower-superlink"), "--insecure", "--database", str(out / "superlink.db"),
-            "--host", "127.0.0.1", "--port", str(port),
-        ])
+        link = procs.start("superlink", superlink_argv(port, out / "superlink.db", security))
         _wait_port(port, link, 60, "flower-superlink")
+        register_supernodes(security, env, out)
         for name, path in config.silos.items():
             node_config = f"silo-file={json.dumps(str(Path(path).resolve()))} silo-name={json.dumps(name)} " \
                           f"workdir={json.dumps(str(out / 'silos' / name))}"
             if config.labels:
                 node_config += f" labels-file={json.dumps(str(Path(config.labels).resolve()))}"
-            procs.start(f"supernode-{name}", [
-                _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                "--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port()),
-                "--max-wait-time", "60",
-            ])
-        say(f"SuperLink on 127.0.0.1:{port}, {len(config.silos)} SuperNodes; logs in {out / 'logs'}")
+            procs.start(f"supernode-{name}", supernode_argv(name, port, node_config, security))
+        mode = "plaintext (--insecure)" if security.tls is None else "TLS" + (", SuperNode authentication" if security.node_keys else "")
+        say(f"SuperLink on 127.0.0.1:{port} ({mode}), {len(config.silos)} SuperNodes; logs in {out / 'logs'}")
         submit = subprocess.run([_tool("flwr"), "run", str(app), "clues-local"], env=env, capture_output=True,
                                 text=True, timeout=120)
         (out / "logs" / "flwr-run.log").write_text(submit.stdout + submit.stderr, encoding="utf-8")
@@ -272,11 +341,14 @@ def main(argv: list[str] | None = None) -> None:
         fraction_train: float = typer.Option(None, "--fraction-train"),
         out: Path = typer.Option(None, "--out"),
         timeout: float = typer.Option(900.0, "--timeout", help="Seconds for the whole run."),
+        certs: Path = typer.Option(None, "--certs", help="Folder with ca.pem, server.pem, server.key for TLS "
+                                   "(default: self-signed ones made for this run; `clues certs` makes a set)."),
+        insecure: bool = typer.Option(False, "--insecure", help="Plaintext and no SuperNode authentication: trusted networks only."),
     ) -> None:
         """Federated CLUES on a local SuperLink + one SuperNode per silo (deployment engine)."""
         config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, None, None, None,
                                       rounds, local_steps, score_rounds, fraction_train, out)
-        results = deploy(config, fed, timeout)
+        results = deploy(config, fed, timeout, certs=certs, insecure=insecure)
         print(json.dumps({c: e.get("mean_test_loss") for c, e in results["conditions"].items()}, indent=2))
 
     def stop_on_sigterm(signum, frame):  # `kill PID` of this tool still stops what it started (finally)

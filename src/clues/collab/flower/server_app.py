@@ -27,6 +27,8 @@ from rich.console import Console
 from clues import protocol
 from clues.collab.flower.records import MESSAGE_TYPES, from_records, payload_keys, to_records, wire_bytes
 from clues.errors import CluesError
+from clues.failures import describe
+from clues.names import check_silo_name
 from clues.protocol import BoundaryLog
 
 Tap = Callable[[str, str, bytes], None]
@@ -44,13 +46,22 @@ class GridFleet:
         self.failures: list[dict] = []
         self._nodes: dict[str, int] = {}
         nodes = self._wait_for_nodes(expected, wait)
-        by_node = {node: f"node-{node}" for node in nodes}
-        self._nodes = {label: node for node, label in by_node.items()}
-        for label, reply in self.exchange({label: protocol.Message(protocol.HELLO) for label in by_node.values()}, 0).items():
-            self._nodes[reply.meta["silo"]] = self._nodes.pop(label)
-        self._nodes = {n: node for n, node in self._nodes.items() if not n.startswith("node-")}
+        self._nodes = {f"node-{node}": node for node in nodes}  # until each says its silo name
+        named: dict[str, int] = {}
+        for label, reply in self.exchange({label: protocol.Message(protocol.HELLO) for label in self._nodes}, 0).items():
+            node = self._nodes[label]
+            try:
+                name = check_silo_name(reply.meta.get("silo"), f"the hello reply of SuperNode {node}")
+            except CluesError as exc:
+                self._fail(0, label, protocol.HELLO, str(exc), node)
+                continue
+            if name in named:
+                self._fail(0, name, protocol.HELLO, f"SuperNode {named[name]} already answers as silo {name!r}", node)
+                continue
+            named[name] = node
+        self._nodes = named
         if not self._nodes:
-            raise CluesError("no SuperNode answered: no silo to work with")
+            raise CluesError("no silo joined the federation: every SuperNode failed or stayed silent (see above)")
         self.console.print(f"federation: {len(self._nodes)} silos ({', '.join(self._nodes)})")
 
     def _wait_for_nodes(self, expected: int, wait: float) -> list[int]:
@@ -76,7 +87,7 @@ class GridFleet:
         outgoing, names = [], {}
         online = set(self.grid.get_node_ids())
         for name in [n for n in requests if self._nodes[n] not in online]:
-            self._fail(round, name, requests[name].kind, "its SuperNode is offline")  # no need to wait for it
+            self._fail(round, name, requests[name].kind, "its SuperNode is offline", self._nodes[name])  # no need to wait for it
         requests = {n: r for n, r in requests.items() if self._nodes[n] in online}
         for name, request in requests.items():
             content = to_records(request)
@@ -85,27 +96,43 @@ class GridFleet:
             node = self._nodes[name]
             names[node] = name
             outgoing.append(Message(content, dst_node_id=node, message_type=message_type, group_id=str(round or 0)))
-        replies = {}
+        replies, failed = {}, set()
         for reply in self.grid.send_and_receive(outgoing, timeout=self.timeout):
-            name = names.get(reply.metadata.src_node_id)
+            node = reply.metadata.src_node_id
+            name = names.get(node)
             if name is None:
                 continue
-            if reply.has_error():
-                reason = _last_line(reply.error.reason)
-                self._fail(round, name, requests[name].kind, reason)
+            if reply.has_error():  # the ClientApp crashed: Flower's own error
+                failed.add(name)
+                self._fail(round, name, requests[name].kind, _last_line(reply.error.reason), node)
                 continue
             message = from_records(reply.content)
             self._cross(name, "silo->server", message, reply.content, reply.metadata.message_type, round)
+            if message.kind == protocol.ERROR:  # the silo failed and said so in public terms (clues.failures)
+                failed.add(name)
+                self._fail(round, _reported_name(name, message), requests[name].kind, describe(message), node)
+                continue
             replies[name] = message
         for name in requests:
-            if name not in replies and not any(f["silo"] == name and f["round"] == round and f["kind"] == requests[name].kind
-                                               for f in self.failures):
-                self._fail(round, name, requests[name].kind, f"no reply within {self.timeout:.0f} s")
+            if name not in replies and name not in failed:
+                self._fail(round, name, requests[name].kind, f"no reply within {self.timeout:.0f} s", self._nodes[name])
         return replies
 
-    def _fail(self, round, name: str, kind: str, reason: str) -> None:
-        self.failures.append({"round": round, "silo": name, "kind": kind, "reason": reason})
-        self.console.print(f"[yellow]silo {name} failed in round {round} ({kind}): {reason}[/yellow]")
+    def _fail(self, round, name: str, kind: str, reason: str, node: int | None = None) -> None:
+        """Log a missing reply under the silo's name (and its Flower node id, to find the SuperNode)."""
+        self.failures.append({"round": round, "silo": name, "node": node, "kind": kind, "reason": reason})
+        self.console.print(f"silo {name} failed in round {round} ({kind}): {reason}", style="yellow", markup=False, highlight=False)
+
+
+def _reported_name(label: str, reply: protocol.Message) -> str:
+    """The silo a failure belongs to: before hello the server only knows a node label, so the name
+    the failing silo put in its error reply is used when it is a valid silo name."""
+    if not label.startswith("node-"):
+        return label
+    try:
+        return check_silo_name(reply.meta.get("silo"), "error reply")
+    except CluesError:
+        return label
 
 
 def _last_line(reason: str) -> str:

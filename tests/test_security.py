@@ -1,0 +1,199 @@
+"""Security: silo names that are paths, failures that would carry private text, TLS and SuperNode
+authentication of the deployment engine.
+
+Fast tests call the real entry points (the CLI in this process, the config loader, the ClientApp's
+node config, a real silo behind the in-process channel). The TLS test starts a real SuperLink on
+127.0.0.1 and tries a plaintext client and a SuperNode whose key was never registered.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import ssl
+import sys
+from pathlib import Path
+
+import pytest
+
+from clues.errors import CluesError
+
+GOOD = [
+    {"id": "acct-7731-overdraft", "instruction": "Explain this.", "input": "Why was my overdraft fee charged twice?",
+     "output": "Two payments cleared on the same day.", "domain": "finance"},
+    {"id": "acct-9912-mortgage", "instruction": "Explain this.", "input": "Can I pay my mortgage early?",
+     "output": "Yes, most loans allow early repayment.", "domain": "finance"},
+]
+BAD_NAMES = ["../../evil", "a/b", "/abs", "..", ".hidden", "x" * 65, "a\\b", "line\nbreak", "c:d", ""]
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# -- silo names ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_silo_name_that_could_be_a_path_is_refused_at_every_entry(name, tmp_path):
+    from clues.collab.flower.client_app import spec_from_node_config
+    from clues.commands.run import config_values
+    from clues.config import load_toml, make_config
+    from clues.names import check_silo_name
+
+    assert check_silo_name("clinic-2.eu_west", "x") == "clinic-2.eu_west"
+    data = str(_jsonl(tmp_path / "bank.jsonl", GOOD))
+    with pytest.raises(CluesError, match=r"^--silo .*: (invalid silo name|expected NAME=FILE)"):
+        config_values(None, [f"{name}={data}"], {}, {})
+    toml = tmp_path / "run.toml"
+    toml.write_text(f"[silos]\n{json.dumps(name)} = {json.dumps(data)}\n", encoding="utf-8")
+    with pytest.raises(CluesError, match=r"run.toml: \[silos\]: invalid silo name"):
+        load_toml(toml)
+    public = {"validation": data, "anchor": data, "test": data}
+    with pytest.raises(CluesError, match="silos: invalid silo name"):  # a job file, the Python API
+        make_config({"silos": {name: data}, **public})
+    with pytest.raises(CluesError, match="node config silo-name: invalid silo name"):
+        spec_from_node_config({"silo-file": data, "silo-name": name})
+
+
+@pytest.mark.parametrize("command", ["run", "federate"])
+def test_the_cli_refuses_a_path_as_silo_name_before_writing_anything(command, tmp_path, clues_here):
+    data = _jsonl(tmp_path / "bank.jsonl", GOOD)
+    out = tmp_path / "deep" / "er" / "out"
+    code, text = clues_here(command, "--silo", f"../../evil={data}", "--validation", data, "--anchor", data,
+                            "--test", data, "--out", out)
+    assert code == 1 and "Traceback" not in text
+    assert text.strip().splitlines()[-1].startswith("error: --silo '../../evil=") and "invalid silo name '../../evil'" in text
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bank.jsonl"]  # no out folder, nothing 'evil' anywhere
+
+
+def test_bench_refuses_a_path_as_silo_name_in_its_config(tmp_path, clues_here):
+    data = _jsonl(tmp_path / "bank.jsonl", GOOD)
+    config = tmp_path / "bench.toml"
+    config.write_text(f'validation = "{data}"\nanchor = "{data}"\ntest = "{data}"\nlabels = "{data}"\n'
+                      f'[silos]\n"/tmp/evil" = "{data}"\n', encoding="utf-8")
+    code, text = clues_here("bench", "--config", config, "--out", tmp_path / "out")
+    assert code == 1 and "bench.toml: [silos]: invalid silo name '/tmp/evil'" in text
+    assert not (tmp_path / "out").exists()
+
+
+# -- failures cross as kinds and counts ------------------------------------------------------------------------
+
+
+def test_a_failure_inside_a_silo_crosses_the_channel_without_its_private_details(tmp_path, tiny_tokenizer):
+    """The in-process transport (merging mode, in-process federations): a silo's own kept file is broken
+    (its first record, with an id and text, has a numeric output). The server learns the kind and a
+    count, never the record, its id or the silo's paths; the silo's log has the whole message."""
+    from rich.console import Console
+
+    from clues import protocol
+    from clues.channel import LocalChannel
+    from clues.data import load_records
+    from clues.federated import LocalFleet
+    from clues.silo import Silo
+    from clues.train import TrainConfig
+    from conftest import assert_nothing_private_crossed
+
+    records = load_records(_jsonl(tmp_path / "bank.jsonl", GOOD))
+    workdir = tmp_path / "silos" / "bank"
+    workdir.mkdir(parents=True)
+    _jsonl(workdir / "kept.jsonl", [{**GOOD[0], "output": 3}])
+    crossed = []
+    channel = LocalChannel(Silo("bank", records, workdir), tap=lambda silo, direction, blob: crossed.append((direction, blob)))
+    fleet = LocalFleet({"bank": channel}, Console(quiet=True))
+    request = protocol.Message(protocol.FIT, {"tag": "fl-clues", "subset": "kept", "round": 1, "steps": 1, "lr": 1e-4,
+                                              "config": TrainConfig().to_dict()})
+    assert fleet.exchange({"bank": request}, 1) == {}
+    [failure] = fleet.failures
+    assert failure["silo"] == "bank" and failure["reason"] == "DataError: 1 problems in the silo's data (details in the silo's silo-errors.log)"
+    assert str(tmp_path) not in json.dumps(fleet.failures)
+    replies = [protocol.Message.from_bytes(blob) for direction, blob in crossed if direction == "silo->server"]
+    assert [m.kind for m in replies] == [protocol.ERROR]
+    raw = b"".join(blob for direction, blob in crossed if direction == "silo->server")
+    assert str(workdir).encode() not in raw
+    assert_nothing_private_crossed(replies, raw, GOOD, tiny_tokenizer, also=[json.dumps(fleet.failures)])
+    assert "kept.jsonl:1: output: expected a string" in (workdir / "silo-errors.log").read_text()
+
+
+# -- TLS, SuperNode authentication, insecure only by name ---------------------------------------------------------
+
+
+def test_clues_certs_makes_a_ca_a_superlink_certificate_and_supernode_keys(tmp_path, clues_here):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    out = tmp_path / "certs"
+    code, text = clues_here("certs", "--out", out, "--host", "coordinator.example.org", "--host", "10.1.2.3",
+                            "--silo", "clinic", "--silo", "bank")
+    assert code == 0, text
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "coordinator.example.org"} <= set(names.get_values_for_type(x509.DNSName))
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.1.2.3"}
+    for key in ("ca.key", "server.key", "clinic.key", "bank.key"):
+        assert (out / key).stat().st_mode & 0o077 == 0, key  # private keys readable by their owner only
+    private = load_ssh_private_key((out / "bank.key").read_bytes(), None)
+    assert private.public_key() == load_ssh_public_key((out / "bank.pub").read_bytes())
+    code, text = clues_here("certs", "--out", out)  # never overwrites certificates already handed out
+    assert code == 1 and "already exists" in text
+
+
+def test_insecure_mode_only_by_name_and_with_a_warning(tmp_path):
+    from clues.collab.flower.deploy import security_for, superlink_argv, supernode_argv
+
+    said = []
+    secure = security_for(tmp_path / "a", ["clinic"], say=said.append)
+    assert "--insecure" not in superlink_argv(9999, tmp_path / "db", secure) + supernode_argv("clinic", 9999, "", secure)
+    assert "--enable-supernode-auth" in superlink_argv(9999, tmp_path / "db", secure)
+    assert said and "self-signed" in said[0]
+    plain = security_for(tmp_path / "b", ["clinic"], insecure=True, say=said.append)
+    assert "--insecure" in superlink_argv(9999, tmp_path / "db", plain) and said[-1].startswith("warning: --insecure")
+    with pytest.raises(CluesError, match="exclude each other"):
+        security_for(tmp_path / "c", ["clinic"], certs=tmp_path / "a" / "certs", insecure=True, say=said.append)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(CluesError, match=r"--certs .*mine: missing ca.pem, server.pem, server.key"):
+        security_for(tmp_path / "d", ["clinic"], certs=tmp_path / "mine", say=said.append)
+
+
+def test_a_tls_superlink_refuses_plaintext_and_unregistered_supernodes(tmp_path):
+    """A real SuperLink as the deploy tool starts it (TLS, --enable-supernode-auth), on 127.0.0.1."""
+    from clues.collab.flower.deploy import (Processes, Security, _wait_port, free_port, register_supernodes, security_for,
+                                            superlink_argv, supernode_argv, write_flower_config)
+    from clues.collab.flower.certs import make_node_keys
+
+    out = tmp_path / "link"
+    security = security_for(out, ["clinic"], say=lambda *a: None)
+    port = free_port()
+    env = {**os.environ, "FLWR_HOME": str(out / "home"), "FLWR_TELEMETRY_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    write_flower_config(out / "home", port, security)
+    procs = Processes(out / "logs", env)
+    try:
+        link = procs.start("superlink", superlink_argv(port, out / "superlink.db", security))
+        _wait_port(port, link, 60, "flower-superlink")
+        register_supernodes(security, env, out)  # clinic's key only
+        # an HTTPS client that trusts the trial CA gets an answer; a plaintext one does not
+        context = ssl.create_default_context(cafile=str(security.tls["ca.pem"]))
+        secure = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        secure.request("GET", "/")
+        assert secure.getresponse().status > 0
+        secure.close()  # an open keep-alive connection would hold up the SuperLink's shutdown
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        with pytest.raises((http.client.HTTPException, ConnectionError, socket.timeout)):
+            plain.request("GET", "/")
+            plain.getresponse()
+        plain.close()
+        # a SuperNode with a key the SuperLink never registered is turned away
+        stranger = Security(security.tls, make_node_keys(out / "stranger", ["clinic"]))
+        node = procs.start("stranger", supernode_argv("clinic", port, "silo-file='/nonexistent.jsonl'", stranger))
+        assert node.wait(timeout=90) != 0
+        log = (out / "logs" / "superlink.log").read_text()
+        assert "No SuperNode found with the given public key" in log and "Activated node_id" not in log
+    finally:
+        procs.stop()
+    assert all(proc.poll() is not None for proc in procs.started)
