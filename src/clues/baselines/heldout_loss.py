@@ -63,7 +63,8 @@ def heldout_loss_scores(inputs, record_sets: Mapping[str, Sequence[Record]]) -> 
     for k, fold in enumerate(folds):
         run_dir = warmup.parent / f"{warmup.name}-heldout-{k}"
         train(replace(config, save_every=None), [records[i] for i in fold], run_dir, console=inputs.console)
-        unseen = [i for i in range(len(records)) if i not in set(fold)]
+        seen = set(fold)
+        unseen = [i for i in range(len(records)) if i not in seen]
         losses = _fold_losses(run_dir, config, [records[i] for i in unseen] + [r for rs in others.values() for r in rs], inputs)
         data[unseen] = -torch.tensor(losses[: len(unseen)], dtype=torch.float64)
         offset = len(unseen)

@@ -243,9 +243,10 @@ def record_losses(model, batch: dict) -> torch.Tensor:
     decoder, head, _ = parts
     if "prefix" in batch:
         start = batch["prefix_layer"]
-        if start > prefix_layer(model):
+        frozen = prefix_layer(model)
+        if start > frozen:
             raise CluesError(f"cached hidden states enter layer {start}, but this model adapts layer "
-                             f"{prefix_layer(model)}; the cache belongs to another LoRA layout")
+                             f"{frozen}; the cache belongs to another LoRA layout")
         with _layers(decoder, start, None):
             hidden = decoder(inputs_embeds=batch["prefix"].to(device, head.weight.dtype), attention_mask=mask,
                              use_cache=False).last_hidden_state
