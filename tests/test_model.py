@@ -293,3 +293,20 @@ def test_preset_regime_fills_only_what_the_config_leaves_out():
     assert (train.lora_layers, train.max_length, train.batch_size) == (30, 96, 8)
     train = make_config(dict(base)).train
     assert (train.lora_layers, train.max_length, train.batch_size) == (None, 256, 16)
+
+
+def test_a_damaged_smollm2_cache_folder_is_stale(tmp_path):
+    """A truncated model.safetensors in the conversion cache is converted again, never loaded."""
+    from safetensors.torch import save_file
+
+    from clues.model.gguf_cache import SOURCE_FILE, _is_current
+
+    source = {"gguf_file": "x.gguf", "gguf_bytes": 10, "format": 1}
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / SOURCE_FILE).write_text(json.dumps(source))
+    save_file({"w": torch.ones(64, 64)}, str(tmp_path / "model.safetensors"))
+    assert _is_current(tmp_path, source)
+    assert not _is_current(tmp_path, {**source, "gguf_bytes": 11})
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert not _is_current(tmp_path, source)

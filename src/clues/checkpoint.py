@@ -42,7 +42,7 @@ TMP_PREFIX = ".tmp-checkpoint-"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def _tensor_file_problem(path: Path) -> str | None:
+def tensor_file_problem(path: Path) -> str | None:
     """Why ``path`` is not a whole safetensors file, or None. Reads the header only: its length
     prefix, its JSON, and whether the tensors it lists end exactly where the file does (a truncated
     copy or a half-written file fails here, before safetensors' own terse error)."""
@@ -87,7 +87,7 @@ def load_tensors(path: str | os.PathLike, advice: str | None = None) -> dict[str
     from safetensors import SafetensorError
 
     path = Path(path)
-    reason = _tensor_file_problem(path)
+    reason = tensor_file_problem(path)
     if reason is None:
         try:
             return load_file(str(path))
@@ -101,7 +101,7 @@ def verify(ckpt_dir: str | os.PathLike) -> None:
     tensors, so a damaged checkpoint is named before training resumes from it or scoring uses it."""
     for item in sorted(Path(ckpt_dir).iterdir()):
         if item.suffix == ".safetensors":
-            reason = _tensor_file_problem(item)
+            reason = tensor_file_problem(item)
         elif item.suffix == ".json":
             try:
                 json.loads(item.read_text(encoding="utf-8"))

@@ -62,11 +62,16 @@ def _source_of(gguf: Path) -> dict:
 
 
 def _is_current(folder: Path, source: dict) -> bool:
+    """The folder holds a whole conversion of ``source``: a damaged or truncated weights file (a disk
+    that filled up, a copy cut short) makes it stale, so it is converted again, not loaded."""
+    from clues.checkpoint import tensor_file_problem
+
     try:
         saved = json.loads((folder / SOURCE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return saved == source and (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    return (saved == source and (folder / "config.json").is_file()
+            and tensor_file_problem(folder / "model.safetensors") is None)
 
 
 def smollm2_folder(say=None) -> Path:
