@@ -99,8 +99,9 @@ def convert_gguf(gguf: Path, folder: Path, source: dict | None = None) -> Path:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for left in folder.parent.glob(f".tmp-{folder.name}-*"):  # what an interrupted conversion left
+        shutil.rmtree(left, ignore_errors=True)
     partial = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
         quantized = AutoModelForCausalLM.from_pretrained(
