@@ -92,6 +92,16 @@ def smollm2_folder(say=None) -> Path:
     return folder
 
 
+def _running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def convert_gguf(gguf: Path, folder: Path, source: dict | None = None) -> Path:
     """De-quantize ``gguf`` (float32) and write it with its tokenizer as a Hugging Face folder at ``folder``."""
     import torch
@@ -100,7 +110,8 @@ def convert_gguf(gguf: Path, folder: Path, source: dict | None = None) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     folder.parent.mkdir(parents=True, exist_ok=True)
     for left in folder.parent.glob(f".tmp-{folder.name}-*"):  # what an interrupted conversion left
-        shutil.rmtree(left, ignore_errors=True)
+        if not _running(left.name.rsplit("-", 1)[-1]):  # not another process converting right now
+            shutil.rmtree(left, ignore_errors=True)
     partial = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
