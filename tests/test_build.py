@@ -51,7 +51,7 @@ def built(mixed) -> dict[str, object]:
 
 def test_writes_exactly_the_promised_files(mixed):
     silos = [f"silos/{name}.jsonl" for name in json.loads((mixed / "manifest.json").read_text())["silos"]]
-    assert sorted(_files(mixed)) == sorted([*PUBLIC, "labels.jsonl", "manifest.json", *silos])
+    assert sorted(_files(mixed)) == sorted([*PUBLIC, "labels.jsonl", "probe.jsonl", "manifest.json", *silos])
     for path in [*PUBLIC, *silos]:
         records, problems = check_file(mixed / path)
         assert not problems and records
@@ -70,7 +70,7 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(mixed, tm
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_public_sets_and_silos_are_pairwise_disjoint(built, scenario):
     bench = built[scenario]
-    parts = {path: rows for path, rows in bench.files.items() if path != "labels.jsonl"}
+    parts = {path: rows for path, rows in bench.files.items() if path not in ("labels.jsonl", "probe.jsonl")}
     seen_id, seen_key = {}, {}
     for path, rows in parts.items():
         for row in rows:
@@ -123,8 +123,9 @@ def test_only_benchmark_split_records_and_public_sets_are_clean_and_sized(built,
     manifest = bench.manifest
     for path, rows in bench.files.items():
         for row in rows:
-            dataset, source = sources[row["id"]]
-            assert not shipped.reserved_for_pretraining(dataset, row["id"]), f"{row['id']} is reserved for pretraining"
+            record_id = row.get("id", row.get("of"))  # probe rows name the test record they twin
+            dataset, source = sources[record_id]
+            assert not shipped.reserved_for_pretraining(dataset, record_id), f"{record_id} is reserved for pretraining"
             if path in PUBLIC:
                 assert row == {**source, "domain": row["domain"]}
     for path in PUBLIC:

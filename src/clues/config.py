@@ -8,7 +8,9 @@ Every option of training, scoring, thresholding and merging is reachable from th
     anchor = "anchor.jsonl"
     test = "test.jsonl"
     labels = "labels.jsonl"          # optional: known pollution (benchmarks only)
+    probe = "probe.jsonl"            # optional: corrupted twins of test answers (the quality probe)
     conditions = ["mixed", "clues", "oracle"]   # add baselines: "loss", "perplexity", "ifd", "datainf", "less", "rds", "random"
+    equal_steps = true               # retraining conditions take as many optimizer steps as "mixed"
 
     [silos]
     clinic = "silos/clinic.jsonl"
@@ -93,10 +95,14 @@ class RunConfig:
     anchor: str
     test: str
     labels: str | None = None
+    probe: str | None = None
     out: str = "clues-run"
     model: str = "default"
     conditions: tuple[str, ...] = ("mixed", "clues", "oracle")
     eval_batch_size: int = 16
+    # Every retraining condition takes as many optimizer steps as training on all records (the paper
+    # compares at equal epochs, which gives a condition on fewer records fewer steps).
+    equal_steps: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     select: SelectSettings = field(default_factory=SelectSettings)
@@ -136,7 +142,7 @@ class RunConfig:
 SCORE_DEFAULTS = {"w_other": 0.0}
 
 _SECTIONS = {"train": TrainConfig, "score": ScoreSettings, "select": SelectSettings, "merge": MergeSettings}
-_PATH_KEYS = ("validation", "anchor", "test", "labels", "out")
+_PATH_KEYS = ("validation", "anchor", "test", "labels", "probe", "out")
 
 
 def _build(cls, values: dict, where: str):

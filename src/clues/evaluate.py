@@ -1,4 +1,5 @@
-"""Held-out evaluation: per-domain test loss, multiple-choice accuracy and the oracle gain recovered.
+"""Held-out evaluation: per-domain test loss, multiple-choice accuracy, the quality probe and the
+oracle gain recovered.
 
 Everything here scores text with the project's one template, loss mask and per-record loss
 (:func:`clues.data.encode` and :func:`clues.loss.batch_record_losses`), so a test loss is measured
@@ -22,6 +23,8 @@ import torch
 from clues.data.batching import length_sorted_batches, pad_batch
 from clues.data.records import Record
 from clues.data.template import encode_all
+from clues.errors import CluesError
+from clues.io import read_rows
 from clues.loss import batch_record_losses
 from clues.model.frozen_prefix import fill_prefix
 
@@ -226,6 +229,54 @@ def mcq_accuracy(
     return result
 
 
+# --- the quality probe ------------------------------------------------------------------------------
+
+# Preference of the real answer counts 1, a tie 1/2, a preference of the corrupted answer 0.
+TIE = 0.5
+
+
+def load_probe(path, test: Sequence[Record]) -> list[dict]:
+    """``probe.jsonl`` rows ``{"of": test id, "corruption": type, "output": corrupted answer}``, checked
+    against the test set (a probe of another benchmark is refused with its line)."""
+    ids = {r.id for r in test}
+    rows = []
+    for number, row in read_rows(path, 'a probe file (one {"of": test id, "corruption": type, "output": text} per line)'):
+        for key in ("of", "corruption", "output"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                raise CluesError(f"{path}:{number}: {key}: a probe row needs non-empty strings 'of', 'corruption', 'output'")
+        if row["of"] not in ids:
+            raise CluesError(f"{path}:{number}: of: {row['of']!r} is not a record of the test set")
+        rows.append(row)
+    return rows
+
+
+def preference_probe(
+    model, tokenizer, test_records: Sequence[Record], test_losses: Sequence[float], probe: Sequence[dict],
+    max_length: int = 256, batch_size: int = 16, template: str = "alpaca", prefix_start: int | None = None,
+) -> dict:
+    """How often the model prefers a test record's real answer to a corrupted version of it, per corruption type.
+
+    Test loss rewards text of the right domain, and an answer to another question is still that; it
+    cannot see what the corruptions damage. Here the prompt is fixed and only the answer changes, so
+    the model is asked the question the selection is about: is this the right answer to this
+    question? ``{"accuracy": {type: share}, "pairs": {type: n}, "mean": macro mean over types,
+    "wins": [1, 0, 0.5, ...]}`` (``wins`` in probe-row order, so two conditions can be compared pair by
+    pair); "preferred" means a strictly lower project loss (a tie counts one half), and the real
+    answers' losses are ``test_losses`` (the test loss already measured, in ``test_records`` order).
+    """
+    by_id = {r.id: (r, loss) for r, loss in zip(test_records, test_losses)}
+    variants = [replace(by_id[row["of"]][0], output=row["output"]) for row in probe]
+    losses = record_losses(model, tokenizer, variants, max_length, batch_size, template, prefix_start=prefix_start)
+    outcomes = [1.0 if good < bad else TIE if good == bad else 0.0
+                for good, bad in ((by_id[row["of"]][1], bad) for row, bad in zip(probe, losses))]
+    wins: dict[str, list[float]] = defaultdict(list)
+    for row, outcome in zip(probe, outcomes):
+        wins[row["corruption"]].append(outcome)
+    accuracy = {kind: sum(w) / len(w) for kind, w in sorted(wins.items())}
+    return {"accuracy": accuracy, "pairs": {kind: len(w) for kind, w in sorted(wins.items())},
+            "mean": macro_mean(accuracy), "wins": outcomes}
+
+
 # --- oracle gain ----------------------------------------------------------------------------------
 
 # Below this gap between the mixed and the oracle loss the ratio means nothing (and may divide by zero).
@@ -273,13 +324,16 @@ def oracle_gain_recovered(
 def evaluate_condition(
     model, tokenizer, test_records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
     template: str = "alpaca", mcq: bool = True, console=None, prefix_start: int | None = None,
+    probe: Sequence[dict] | None = None,
 ) -> dict:
     """One condition's entry of ``results.json``: test loss per domain, its macro mean, perplexity and,
-    when the test set holds multiple-choice records and ``mcq`` is on, their accuracy per domain.
+    when the test set holds multiple-choice records and ``mcq`` is on, their accuracy per domain;
+    with ``probe`` rows (:func:`load_probe`), the preference probe (:func:`preference_probe`).
 
     ``oracle_gain_recovered`` is left None here: it needs the other conditions (:func:`add_oracle_gain`).
     """
-    losses = per_domain_loss(model, tokenizer, test_records, max_length, batch_size, template, console, prefix_start)
+    per_record = record_losses(model, tokenizer, test_records, max_length, batch_size, template, console, prefix_start)
+    losses = _mean_by_domain(test_records, per_record)
     entry = {
         "test_loss": losses,
         "mean_test_loss": macro_mean(losses),
@@ -291,6 +345,9 @@ def evaluate_condition(
         if result.total:
             entry["mcq_accuracy"] = result.accuracy
             entry["mcq_questions"] = result.total
+    if probe:
+        entry["preference"] = preference_probe(model, tokenizer, test_records, per_record, probe, max_length,
+                                               batch_size, template, prefix_start)
     return entry
 
 

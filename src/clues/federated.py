@@ -45,6 +45,7 @@ from clues.baselines import METHODS
 from clues.config import RunConfig
 from clues.data import load_records, record_to_json
 from clues.errors import CluesError
+from clues.evaluate import load_probe
 from clues.fieldcheck import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, check_fields
 from clues.protocol import Message
 
@@ -144,6 +145,7 @@ class FederatedServer:
         self.validation = load_records(config.validation)
         self.anchor = load_records(config.anchor)
         self.test = load_records(config.test)
+        self.probe = load_probe(config.probe, self.test) if config.probe else None
         self.round_log: list[dict] = []
         self.timing: dict[str, float] = {}
         self._local_warmup = False
@@ -194,7 +196,8 @@ class FederatedServer:
         model, tokenizer = self._model()
         load_adapter_state(model, adapter)
         train = self.config.train
-        return evaluate_condition(model, tokenizer, self.test, train.max_length, self.config.eval_batch_size, train.template)
+        return evaluate_condition(model, tokenizer, self.test, train.max_length, self.config.eval_batch_size, train.template,
+                                  probe=self.probe)
 
     # -- scoring ----------------------------------------------------------------------------------------
     def score_checkpoint(self, round_: int, adapter: dict, eta: float) -> dict[str, list[float]]:

@@ -33,6 +33,7 @@ from clues.config import RunConfig
 from clues.data import load_many, load_records, record_to_json
 from clues.errors import CluesError
 from clues.protocol import BoundaryLog, Message
+from clues.evaluate import load_probe
 from clues.select import silo_thresholds
 from clues.silo import Silo
 from clues.stages import Stages, file_digest
@@ -81,6 +82,7 @@ class Server:
         self.validation = load_records(config.validation)
         self.anchor = load_records(config.anchor)
         self.test = load_records(config.test)
+        self.probe = load_probe(config.probe, self.test) if config.probe else None
         # ids unique across silos; every problem of every file reported at once
         silo_records = load_many(config.silos.values())
         by_silo = {name: [r for r in silo_records if r.file == str(path)] for name, path in config.silos.items()}
@@ -88,6 +90,8 @@ class Server:
         self.out.mkdir(parents=True, exist_ok=True)
         self.stages = Stages(self.out, self.console)
         self.public_key = {name: file_digest(getattr(config, name)) for name in ("validation", "anchor", "test")}
+        if config.probe:
+            self.public_key["probe"] = file_digest(config.probe)
         self.channels = self._open_silos(by_silo, silo_labels, silo_corruptions)
 
     def _silo_labels(self, by_silo: dict) -> tuple[dict, dict]:
@@ -137,12 +141,16 @@ class Server:
         config = self.config.train.to_dict()
         results = {}
         for name in self.channels:
+            request = {"tag": condition, "subset": subset_of(condition), "config": config}
+            if self.config.equal_steps and condition != "mixed":
+                request["steps_of"] = "all"
             key = {"silo": self.silo_digest[name], "config": config, "condition": condition,
-                   "upstream": self._selection_key(condition, name) if condition in METHODS else None}
+                   "upstream": self._selection_key(condition, name) if condition in METHODS else None,
+                   **({"steps_of": "all"} if "steps_of" in request else {})}
 
-            def work(name=name):
+            def work(name=name, request=request):
                 self.console.rule(f"[bold]{condition}[/bold]: training silo {name}")
-                reply = self._ask(name, protocol.TRAIN, {"tag": condition, "subset": subset_of(condition), "config": config})
+                reply = self._ask(name, protocol.TRAIN, request)
                 if reply.tensors:
                     self._save_adapter(condition, name, reply)
                 return reply.meta
@@ -227,6 +235,7 @@ class Server:
     def evaluate(self, condition: str, adapter: Path | None, upstream) -> dict:
         """Test loss per domain (and MCQ accuracy) of the base model with ``adapter`` (None: the base alone)."""
         key = {"condition": condition, "upstream": upstream, "test": self.public_key["test"],
+               "probe": self.public_key.get("probe"),
                "model": self.config.model, "train": self.config.train.to_dict()}
 
         def work():
@@ -242,7 +251,8 @@ class Server:
                 model = PeftModel.from_pretrained(model, str(adapter))
             train = self.config.train
             return evaluate_condition(model, tokenizer, self.test, train.max_length, self.config.eval_batch_size,
-                                      train.template, console=self.console, prefix_start=shared_prefix(model, train))
+                                      train.template, console=self.console, prefix_start=shared_prefix(model, train),
+                                      probe=self.probe)
 
         return self.stages.run(f"evaluate-{condition}", key, work)
 

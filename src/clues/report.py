@@ -13,6 +13,7 @@ import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -20,6 +21,7 @@ from typing import Mapping
 from clues import plots
 from clues.evaluate import oracle_gain_recovered
 from clues.io import atomic_open
+from clues.verdict import verdict
 
 SCORE_PLOT = "score_histograms.png"
 LOSS_PLOT = "test_loss.png"
@@ -119,6 +121,20 @@ def accuracy_table(results: Mapping) -> Table | None:
     rows = [[n] + [fmt_pct(acc.get(d)) for d in domains] for n, acc in conditions.items()]
     return Table("Multiple-choice accuracy", ["condition"] + domains, rows,
                  "Share of questions whose right option has the lowest response loss.")
+
+
+def preference_table(results: Mapping) -> Table | None:
+    """The quality probe per condition and corruption type, when the run measured it."""
+    conditions = {n: c["preference"] for n, c in (results.get("conditions") or {}).items() if c.get("preference")}
+    if not conditions:
+        return None
+    kinds = sorted({k for p in conditions.values() for k in p["accuracy"]})
+    rows = [[n] + [fmt_pct(p["accuracy"].get(k)) for k in kinds] + [fmt_pct(p.get("mean"))] for n, p in conditions.items()]
+    pairs = next(iter(conditions.values()))["pairs"]
+    return Table("Quality probe: real answer preferred over a corrupted one", ["condition"] + kinds + ["mean"], rows,
+                 "Share of held-out questions whose real answer gets a lower loss than its corrupted twin "
+                 f"({', '.join(f'{k} {n}' for k, n in pairs.items())} pairs; a tie counts one half). "
+                 "50% is chance.")
 
 
 def _total(entry: Mapping):
@@ -328,7 +344,7 @@ def merging_vs_federated_table(results: Mapping) -> Table | None:
 
 
 def all_tables(results: Mapping, score_data: Mapping | None = None) -> list[Table]:
-    tables = [methods_table(results), loss_table(results), gain_table(results), accuracy_table(results),
+    tables = [methods_table(results), loss_table(results), preference_table(results), gain_table(results), accuracy_table(results),
               federated_rounds_table(results), merging_vs_federated_table(results)]
     tables += selection_tables(results, score_data)
     tables.append(corruption_table(results))
@@ -417,8 +433,11 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 TITLE = "CLUES run report"
 
 
-def render_markdown(tables: list[Table], figures: Mapping[str, Path], config, title: str = TITLE) -> str:
+def render_markdown(tables: list[Table], figures: Mapping[str, Path], config, title: str = TITLE,
+                    verdict: list[str] = ()) -> str:
     parts = [f"# {title}\n"]
+    if verdict:
+        parts.append("## Verdict\n\n" + "\n".join(f"- {line}" for line in verdict) + "\n")
     parts += [table_markdown(t) for t in tables]
     if figures:
         parts.append("## Plots\n")
@@ -428,11 +447,20 @@ def render_markdown(tables: list[Table], figures: Mapping[str, Path], config, ti
     return "\n".join(parts)
 
 
-def render_html(tables: list[Table], figures: Mapping[str, Path], config, title: str = TITLE) -> str:
+def _strong(text: str) -> str:
+    """Markdown ``**bold**`` (the verdict's condition names) as HTML."""
+    return re.sub(r"[*][*](.+?)[*][*]", r"<strong>\1</strong>", text)
+
+
+def render_html(tables: list[Table], figures: Mapping[str, Path], config, title: str = TITLE,
+                verdict: list[str] = ()) -> str:
     parts = [
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n",
     ]
+    if verdict:
+        items = "".join(f"<li>{_strong(html.escape(line))}</li>\n" for line in verdict)
+        parts.append(f"<h2>Verdict</h2>\n<ul>\n{items}</ul>\n")
     parts += [table_html(t) for t in tables]
     if figures:
         parts.append("<h2>Plots</h2>\n")
@@ -460,11 +488,12 @@ def write_report(results: Mapping, out_dir: str | os.PathLike, score_data: Mappi
     tables = all_tables(results, score_data)
     figures = write_plots(results, out_dir, score_data)
     config = results.get("config")
+    lines = verdict(results)
     paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html"}
     with atomic_open(paths["markdown"]) as handle:
-        handle.write(render_markdown(tables, figures, config))
+        handle.write(render_markdown(tables, figures, config, verdict=lines))
     with atomic_open(paths["html"]) as handle:
-        handle.write(render_html(tables, figures, config))
+        handle.write(render_html(tables, figures, config, verdict=lines))
     paths.update({path.stem: path for path in figures.values()})
     return paths
 

@@ -31,7 +31,7 @@ from clues.metrics import corruption_metrics, roc_auc, roc_curve, selection_metr
 from clues.protocol import Message
 from clues.select import select, select_top, summary
 from clues.silo_federated import FederatedSilo
-from clues.train import TrainConfig, train
+from clues.train import TrainConfig, plan, train
 
 
 
@@ -142,6 +142,10 @@ class Silo(FederatedSilo):
     def _train(self, meta: dict) -> Message:
         config = TrainConfig.from_dict(meta["config"])
         records = self._subset(meta.get("subset", "all"))
+        if meta.get("steps_of") == "all" and config.epochs is not None and records:
+            # As many optimizer steps as the run on all records: a condition that trained on fewer
+            # records must not look worse (or better) for having taken fewer steps.
+            config = replace(config, epochs=None, max_steps=plan(len(self._records), config)[1])
         reply = {"tag": meta["tag"], "records": len(records)}
         if not records:
             return Message(protocol.ADAPTER, reply)

@@ -137,5 +137,6 @@ def benchmark_values(out: Path, scenario: str, seed: int, run_folder: str = "run
         "anchor": str(bench / "anchor.jsonl"),
         "test": str(bench / "test.jsonl"),
         "labels": str(bench / "labels.jsonl"),
+        **({"probe": str(bench / "probe.jsonl")} if (bench / "probe.jsonl").is_file() else {}),
         "out": str(out / run_folder),
     }

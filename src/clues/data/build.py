@@ -7,6 +7,8 @@
     bench/anchor.jsonl         the tiny public anchor set (default 10 per domain)
     bench/test.jsonl           clean held-out records, per domain
     bench/labels.jsonl         {"id", "silo", "clean", "corruption"} for every silo record
+    bench/probe.jsonl          {"of", "corruption", "output"}: one corrupted answer per test record
+                               and corruption type (the quality probe of clues.evaluate)
     bench/manifest.json        sizes, requested and actual pollution, corruption mix, seeds, sources
 
 Guarantees the tests check: only the ``benchmark`` split of the shipped data is used (never a record
@@ -178,6 +180,28 @@ def _corrupt_one(name, record, pool, foreign, vocabulary, seed):
     raise CluesError(f"no corruption can change record {record.id!r} of the benchmark")
 
 
+def _probe_rows(domain, test: list[Record], foreign: list[Record], seed: int) -> list[dict]:
+    """A corrupted version of the first ``domain.probe`` test records under every corruption type.
+
+    The evaluation asks whether a model prefers each test record's real answer to these (a model
+    trained on answers to other questions learns to accept them): the same four corruptions the
+    silos suffer, made from public data only (other test answers of the domain, the foreign pool).
+    A corruption that cannot change a record (a one-character answer cannot be cut) is left out.
+    """
+    probed = test if domain.probe is None else test[: domain.probe]
+    vocabulary = list(dict.fromkeys(u for r in test for u, _ in corruptions.units(r.output)[1] if not u.isspace()))
+    rows = []
+    for record in probed:
+        for name in corruptions.NAMES:
+            try:
+                bad = corruptions.corrupt(name, record, derive_seed(seed, "probe", name, record.id),
+                                          pool=test, foreign=foreign, vocabulary=vocabulary)
+            except corruptions.CorruptionError:
+                continue
+            rows.append({"of": record.id, "corruption": name, "output": bad.output})
+    return rows
+
+
 def make_benchmark(scenario_name: str, seed: int = 0) -> Benchmark:
     """Build the benchmark of ``scenario_name`` in memory (see the module docstring for what it holds)."""
     scenario = get(scenario_name)
@@ -247,6 +271,10 @@ def make_benchmark(scenario_name: str, seed: int = 0) -> Benchmark:
     for part in ("validation", "anchor", "test"):
         bench.files[f"{part}.jsonl"] = [record_to_json(r) for r in public[part]]
     bench.files["labels.jsonl"] = labels
+    bench.files["probe.jsonl"] = [
+        row for domain in scenario.domains
+        for row in _probe_rows(domain, [r for r in public["test"] if r.domain == domain.name], foreign, seed)
+    ]
 
     bench.manifest = {
         "scenario": scenario.name,

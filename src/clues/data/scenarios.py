@@ -28,6 +28,7 @@ class Domain:
     test: int
     anchor: int = 10
     language: str | None = None  # keep only records in this language
+    probe: int | None = None  # test records with corrupted twins in probe.jsonl (None: every test record)
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,10 @@ MIXED_SILOS = (("clinic", "medical", 0.2), ("bank", "finance", 0.5), ("exam-boar
                ("hospital-zh", "medical-zh", 0.3))
 # The real-model scenarios' public sets: smaller, so a 135M model on 2 CPU cores runs them in minutes.
 SMALL_MIXED_DOMAINS = (
-    Domain("medical", "medmeadow", validation=16, test=32),
-    Domain("finance", "fiqa", validation=16, test=32),
-    Domain("medical-mcq", "mmed_mcq", validation=16, test=32, language="en"),
-    Domain("medical-zh", "mmed_mcq", validation=16, test=32, language="zh"),
+    Domain("medical", "medmeadow", validation=16, test=32, probe=16),
+    Domain("finance", "fiqa", validation=16, test=32, probe=16),
+    Domain("medical-mcq", "mmed_mcq", validation=16, test=32, language="en", probe=16),
+    Domain("medical-zh", "mmed_mcq", validation=16, test=32, language="zh", probe=16),
 )
 ENGLISH_DOMAINS = SMALL_MIXED_DOMAINS[:3]
 # The pollution sweep (the paper's Fig. 4): the demo's four domains, every silo polluted alike.

@@ -1,0 +1,79 @@
+"""The quality probe: corrupted twins of test answers at build time, preference per corruption type."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from clues.data import record_from_dict
+from clues.data.build import make_benchmark
+from clues.data.corruptions import NAMES
+from clues.errors import CluesError
+from clues.evaluate import evaluate_condition, load_probe, preference_probe, record_losses
+from clues.verdict import judge, paired_difference, verdict
+
+MAX_LEN = 96
+
+
+def test_benchmark_probe_has_every_type_for_the_probed_test_records():
+    bench = make_benchmark("mixed-small", seed=1)
+    rows = bench.files["probe.jsonl"]
+    test = {r["id"]: r for r in bench.files["test.jsonl"]}
+    assert {r["corruption"] for r in rows} == set(NAMES)
+    probed = {r["of"] for r in rows}
+    assert probed <= set(test) and len(probed) == 4 * 16  # 16 probed test records per domain
+    for row in rows:
+        assert row["output"] != test[row["of"]]["output"] and row["output"].strip()
+    # public data only: no silo answer is planted in the probe
+    silo_outputs = {r["output"] for f, rs in bench.files.items() if f.startswith("silos/") for r in rs}
+    mismatched = [r["output"] for r in rows if r["corruption"] == "mismatched_answer"]
+    assert not set(mismatched) & (silo_outputs - {t["output"] for t in test.values()})
+    assert make_benchmark("mixed-small", seed=1).files["probe.jsonl"] == rows  # deterministic
+
+
+def _records():
+    return [record_from_dict({"instruction": "Define APR.", "input": "", "output": "Annual percentage rate.", "domain": "finance"}),
+            record_from_dict({"instruction": "Name a symptom of flu.", "input": "", "output": "Fever and chills.", "domain": "medical"})]
+
+
+def test_preference_probe_counts_lower_losses_of_the_real_answer(tiny_llama):
+    model, tok = tiny_llama
+    records = _records()
+    probe = [{"of": records[0].id, "corruption": "incomplete_answer", "output": "Annual"},
+             {"of": records[1].id, "corruption": "mismatched_answer", "output": "Annual percentage rate."},
+             {"of": records[1].id, "corruption": "incomplete_answer", "output": records[1].output}]  # a tie
+    good = record_losses(model, tok, records, MAX_LEN)
+    bad = record_losses(model, tok, [replace(r, output=p["output"]) for r, p in zip([records[0], records[1], records[1]], probe)], MAX_LEN)
+    expected = [1.0 if g < b else 0.0 for g, b in ((good[0], bad[0]), (good[1], bad[1]))] + [0.5]
+    got = preference_probe(model, tok, records, good, probe, MAX_LEN, batch_size=2)
+    assert got["wins"] == expected
+    assert got["pairs"] == {"incomplete_answer": 2, "mismatched_answer": 1}
+    assert got["accuracy"]["incomplete_answer"] == pytest.approx((expected[0] + 0.5) / 2)
+    entry = evaluate_condition(model, tok, records, MAX_LEN, 2, mcq=False, probe=probe)
+    assert entry["preference"]["wins"] == expected
+
+
+def test_load_probe_names_the_line_of_a_bad_row(tmp_path):
+    records = _records()
+    path = tmp_path / "probe.jsonl"
+    path.write_text(json.dumps({"of": records[0].id, "corruption": "x", "output": "y"}) + "\n"
+                    + json.dumps({"of": "someone-else", "corruption": "x", "output": "y"}) + "\n", encoding="utf-8")
+    with pytest.raises(CluesError, match=r"probe.jsonl:2: of: 'someone-else'"):
+        load_probe(path, records)
+    path.write_text(json.dumps({"of": records[0].id, "corruption": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(CluesError, match=r"probe.jsonl:1: output"):
+        load_probe(path, records)
+
+
+def test_paired_difference_and_verdict():
+    mean, half = paired_difference([1, 1, 1, 0], [0, 1, 0, 0])
+    assert mean == pytest.approx(0.5)
+    diffs = [1, 0, 1, 0]
+    sd = (sum((d - 0.5) ** 2 for d in diffs) / 3) ** 0.5
+    assert half == pytest.approx(1.96 * sd / 2)
+    assert judge(0.5, 0.1) == "better" and judge(-0.5, 0.1) == "worse" and judge(0.05, 0.1) == "within noise"
+    results = {"conditions": {"mixed": {"preference": {"wins": [0.0] * 50 + [1.0] * 50}},
+                              "clues": {"preference": {"wins": [1.0] * 100}}}}
+    (line,) = verdict(results)
+    assert line.startswith("**clues**: better") and "100.0% of 100 probe pairs" in line
+    assert verdict({"conditions": {"mixed": {}}}) == []
