@@ -159,20 +159,21 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
-    runs = [run_one(args.model, args.scenario, int(seed), args.adapter, Path(args.work), args.clues) for seed in args.seeds.split(",")]
+    out = Path(args.out or HERE / "results" / f"signals-{args.adapter}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/signals.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    runs = []
+    for seed in args.seeds.split(","):
+        runs.append(run_one(args.model, args.scenario, int(seed), args.adapter, Path(args.work), args.clues))
+        # after every seed, so a long study can be read before it ends
+        out.write_text(json.dumps({"benchmark": "signals", "command": command, "runs": runs,
+                                   "summary": summarize(runs)}, indent=2) + "\n", encoding="utf-8")
     summary = summarize(runs)
     print(f"\n{args.model} ({args.adapter}) on {args.scenario}, seeds {args.seeds}: within-silo AUROC, 95% t-interval")
     kinds = sorted({k for row in summary.values() for k in row})
     print(f"{'feature':<8}" + "".join(f"{k[:12]:>16}" for k in kinds))
     for name, row in summary.items():
         print(f"{name:<8}" + "".join(f"{row[k][0]:>9.3f}±{row[k][1]:<6.3f}" if k in row else f"{'-':>16}" for k in kinds))
-    out = Path(args.out or HERE / "results" / f"signals-{args.adapter}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "signals",
-        "command": "python benchmarks/signals.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "runs": runs, "summary": summary,
-    }, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0
 

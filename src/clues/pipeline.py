@@ -34,7 +34,7 @@ from clues.data import load_many, load_records, record_to_json
 from clues.errors import CluesError
 from clues.protocol import BoundaryLog, Message
 from clues.evaluate import load_probe
-from clues.select import silo_thresholds
+from clues.select import own_domain_anchors, silo_thresholds
 from clues.silo import Silo
 from clues.stages import Stages, file_digest
 
@@ -191,7 +191,7 @@ class Server:
     def select(self, scores: dict, method: str = "clues") -> dict:
         """tau from ``method``'s own anchor scores; or, for ``random`` and ``--match-count``, CLUES' kept count per silo."""
         match = method != "clues" and (method == "random" or self.config.select.match_count)
-        taus = silo_thresholds({n: s["anchor_scores"] for n, s in scores.items()},
+        taus = silo_thresholds({n: own_domain_anchors(s, self.anchor) for n, s in scores.items()},
                                self.config.select.policy, self.config.select.mode)
         results = {}
         for name in self.channels:

@@ -77,6 +77,20 @@ def silo_thresholds(
     return {silo: tau for silo in anchor_scores}
 
 
+def own_domain_anchors(reply: Mapping, anchors: Sequence) -> list[float]:
+    """A silo's scores of the anchors of its own domain(s), from its score reply.
+
+    A silo scores its records against the validation gradient of its own domain (``w_other = 0``,
+    the merging default), so only the anchors of that domain were scored on the records' terms;
+    an anchor of another domain says nothing about where this silo's clean records lie. When the
+    silo names no domain, or no anchor shares one (data without domain labels), every anchor counts.
+    """
+    scores = list(reply["anchor_scores"])
+    domains = set(reply.get("domains") or ())
+    mine = [s for s, a in zip(scores, anchors) if a.domain in domains]
+    return mine or scores
+
+
 def select(scores: Sequence[float], tau: float) -> list[bool]:
     """Keep decision per record: ``score >= tau`` (a NaN score is never kept)."""
     return [float(s) >= tau for s in scores]

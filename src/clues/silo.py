@@ -86,6 +86,8 @@ class Silo(FederatedSilo):
         # Benchmarks only: each record's corruption type, for per-type metrics (aggregates cross, never a record's type).
         self._corruptions = dict(corruptions) if corruptions is not None and self._labels is not None else None
         self._scores: dict[str, list[float]] = {}  # per selection method
+        # {(method, request digest): {set: scores}}: what a fused method's components reuse in one process
+        self._totals: dict[tuple[str, str], dict] = {}
         self._kept: dict[str, list[Record]] = {}
         self.domains = tuple(sorted({r.domain for r in self._records if r.domain}))
 
@@ -177,8 +179,14 @@ class Silo(FederatedSilo):
         if settings.domains is None and self.domains:
             settings = replace(settings, domains=self.domains)
         sets = {"data": self._records, "anchor": anchors}
+        request = hashlib.sha256(json.dumps([meta.get("run", "mixed"), meta.get("settings"), meta.get("config"),
+                                             meta["validation"], meta["anchor"], str(run_dir)],
+                                            sort_keys=True, default=str).encode()).hexdigest()
+        known = {m: totals for (m, key), totals in self._totals.items() if key == request}
         reply: dict = {}
-        if method == "clues":
+        if method in known:
+            totals, per_checkpoint = known[method], None
+        elif method == "clues":
             total = len(ckpt.list_checkpoints(run_dir)) * (len(validation) + len(self._records) + len(anchors))
             with _scoring_progress(self._console, method, total) as advance:
                 result = score_run(run_dir, sets, validation, settings, progress=advance, console=self._console)
@@ -189,10 +197,12 @@ class Silo(FederatedSilo):
             train = TrainConfig.from_dict(meta["config"]) if meta.get("config") else TrainConfig()
             inputs = ScoringInputs(base_model=train.model, validation=validation, settings=settings, run_dir=run_dir,
                                    max_length=train.max_length, template=train.template, seed=settings.seed,
-                                   console=self._console)
+                                   console=self._console, known=known)
             with _scoring_progress(self._console, method, None):
                 totals = score_records(method, inputs, sets)
             per_checkpoint = None
+            self._totals.update({(m, request): t for m, t in known.items()})
+        self._totals[(method, request)] = totals
         scores = totals["data"].tolist()
         self._scores[method] = scores
         self._kept.pop(method, None)
@@ -204,6 +214,7 @@ class Silo(FederatedSilo):
         values = torch.tensor(scores, dtype=torch.float64)
         reply.update({
             "method": method,
+            "domains": list(self.domains),  # public labels of the consortium's domains: which anchors are its own
             "anchor_scores": totals["anchor"].tolist(),
             "summary": {
                 "count": len(scores),

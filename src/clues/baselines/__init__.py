@@ -16,6 +16,7 @@ method         score (higher = keep)                                   model
 ``less``       max over domains of sum_c eta_c cos(G_c(z), g_val,d,c)   the silo's warm-up checkpoints
 ``rds``        max over domains of the mean cosine of pooled states    the base model
 ``random``     seeded uniform noise (kept count matched to CLUES)      none
+``a+b(+c)``    mean within-silo percentile of methods a, b (and c)     those of its components
 =============  ======================================================  ===============================
 
 Each method is one function ``(inputs, record_sets) -> {set name: float64 [N]}`` in a module of its own.
@@ -24,18 +25,19 @@ Each method is one function ``(inputs, record_sets) -> {set name: float64 [N]}``
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
 from clues.data.records import Record
+from clues.baselines.fusion import FUSIONS, fused_scores
 from clues.errors import CluesError
 from clues.scoring.engine import ScoreSettings
 
 # Selection methods, in the order a benchmark runs them (random needs the count CLUES kept).
-METHODS = ("clues", "loss", "perplexity", "ifd", "datainf", "less", "rds", "random")
+METHODS = ("clues", *FUSIONS, "loss", "perplexity", "ifd", "datainf", "less", "rds", "random")
 _SCORERS = {
     "clues": ("clues.baselines.trace", "clues_scores"),
     "loss": ("clues.baselines.heldout_loss", "heldout_loss_scores"),
@@ -47,7 +49,8 @@ _SCORERS = {
     "random": ("clues.baselines.uniform", "random_scores"),
 }
 # Methods that score with the silo's warm-up training run (the others need only the base model).
-NEEDS_WARMUP = ("clues", "loss", "datainf", "less")
+NEEDS_WARMUP = ("clues", "loss", "datainf", "less",
+                *(name for name, parts in FUSIONS.items() if {"clues", "loss", "datainf", "less"} & set(parts)))
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class ScoringInputs:
     template: str = "alpaca"
     seed: int = 0
     console: object = None
+    # Scores the silo already has for these very record sets and settings ({method: {set: scores}}):
+    # a fused method takes its components from here instead of scoring them again, and adds those it scored.
+    known: dict = field(default_factory=dict)
 
     def warmup_run(self, method: str) -> Path:
         if self.run_dir is None:
@@ -87,8 +93,11 @@ def score_records(method: str, inputs: ScoringInputs, record_sets: Mapping[str, 
     check_methods([method])
     if "data" not in record_sets:
         raise CluesError("score_records needs the silo's own records under the name 'data'")
-    module, function = _SCORERS[method]
-    scores = getattr(importlib.import_module(module), function)(inputs, record_sets)
+    if method in FUSIONS:
+        scores = fused_scores(method)(inputs, record_sets)
+    else:
+        module, function = _SCORERS[method]
+        scores = getattr(importlib.import_module(module), function)(inputs, record_sets)
     for name, records in record_sets.items():
         values = scores[name]
         if tuple(values.shape) != (len(records),):

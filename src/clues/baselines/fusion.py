@@ -54,6 +54,11 @@ def fused_scores(method: str):
     def scorer(inputs, record_sets):
         from clues.baselines import score_records
 
-        return fuse([score_records(name, inputs, record_sets) for name in FUSIONS[method]])
+        components = []
+        for name in FUSIONS[method]:
+            if name not in inputs.known:  # scored here: the silo keeps it for the component's own turn
+                inputs.known[name] = score_records(name, inputs, record_sets)
+            components.append(inputs.known[name])
+        return fuse(components)
 
     return scorer
