@@ -21,7 +21,8 @@ from clues.config import make_config
 from clues.io import read_jsonl
 from clues.metrics import roc_auc, roc_curve
 from clues.pipeline import Server
-from clues.select import select_top, threshold
+from clues.data import load_records
+from clues.select import own_domain_anchors, select_top, threshold
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,18 @@ def test_every_method_is_thresholded_by_its_own_anchor_scores_and_keeps_data_pri
     assert set(results["conditions"]) == {"mixed", "oracle", *METHODS}
     assert set(results["selection"]) == set(METHODS) and set(results["scoring_seconds"]) == set(METHODS)
     silos = list(consortium[0])
+    anchor_records = load_records(consortium[1]["anchor"])
     for method in METHODS:
-        anchors = [s for silo in silos for s in _stage(out, f"score-{method}-{silo}")["anchor_scores"]]
+        # each silo's scores of the anchors of its own domain, pooled
+        replies = {silo: _stage(out, f"score-{method}-{silo}") for silo in silos}
+        assert all(r["domains"] for r in replies.values())
+        anchors = [s for r in replies.values() for s in own_domain_anchors(r, anchor_records)]
+        assert len(anchors) < sum(len(r["anchor_scores"]) for r in replies.values())
         for silo in silos:
             chosen = results["selection"][method][silo]
             if method == "random":  # the same count as CLUES, a different choice
                 assert chosen["kept"] == results["selection"]["clues"][silo]["kept"] and chosen["tau"] is None
-            else:  # global tau = mean of this method's own anchor scores, pooled over silos
+            else:  # global tau = mean of this method's own-domain anchor scores, pooled over silos
                 assert chosen["tau"] == pytest.approx(threshold(anchors, "mean"), rel=1e-12)
             assert chosen["tp"] + chosen["fp"] == chosen["kept"] and chosen["total"] == 16
             roc = results["scores"][method][silo]["roc"]

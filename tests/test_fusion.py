@@ -41,7 +41,16 @@ def test_fused_methods_are_registered_with_their_needs():
         assert (name in NEEDS_WARMUP) == any(p in NEEDS_WARMUP for p in parts)
 
 
-def test_fused_method_equals_fusing_its_components(tiny_model_dir):
+@pytest.fixture()
+def cheap_fusion(monkeypatch):
+    """A fusion of two base-model scorers (no warm-up run needed), registered for one test."""
+    import clues.baselines as baselines
+
+    monkeypatch.setitem(FUSIONS, "perplexity+ifd", ("perplexity", "ifd"))
+    monkeypatch.setattr(baselines, "METHODS", (*baselines.METHODS, "perplexity+ifd"))
+
+
+def test_fused_method_equals_fusing_its_components(tiny_model_dir, cheap_fusion):
     fiqa = shipped.load("fiqa", "all")
     sets = {"data": [fiqa[i] for i in range(6)], "anchor": [fiqa[i] for i in (20, 21)]}
     inputs = ScoringInputs(base_model=str(tiny_model_dir), validation=[fiqa[30]], settings=ScoreSettings(batch_size=4),
@@ -52,7 +61,7 @@ def test_fused_method_equals_fusing_its_components(tiny_model_dir):
         assert torch.allclose(got[name], expected[name])
 
 
-def test_silo_scores_a_fused_method_from_the_components_it_already_has(tiny_model_dir, tmp_path, monkeypatch):
+def test_silo_scores_a_fused_method_from_the_components_it_already_has(tiny_model_dir, tmp_path, monkeypatch, cheap_fusion):
     from clues import protocol
     from clues.data import record_to_json
     from clues.protocol import Message

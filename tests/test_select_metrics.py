@@ -21,7 +21,28 @@ def test_mean_and_quantile_thresholds():
     assert str(parse_policy("quantile:0.25")) == "quantile:0.25"
 
 
-@pytest.mark.parametrize("bad", ["median", "quantile:", "quantile:1.5", "quantile:x", ""])
+def test_conformal_threshold_is_the_kth_lowest_anchor_and_keeps_clean_records_at_the_promised_rate():
+    import random
+
+    from clues.select import conformal_rank
+
+    assert [conformal_rank(n, 0.1) for n in (1, 9, 10, 19, 40)] == [1, 1, 1, 2, 4]
+    assert threshold([5.0, 1.0, 3.0, 2.0], "conformal:0.1") == 1.0
+    assert threshold([float(i) for i in range(40)], "conformal:0.1") == 3.0
+    assert str(parse_policy("conformal:0.1")) == "conformal:0.1"
+    # exchangeable anchors and clean records: a clean record is kept with probability >= 1 - alpha
+    rng = random.Random(0)
+    for n, alpha in ((10, 0.1), (40, 0.1), (40, 0.25)):
+        misses = 0
+        trials = 4000
+        for _ in range(trials):
+            tau = threshold([rng.gauss(0, 1) for _ in range(n)], f"conformal:{alpha}")
+            misses += rng.gauss(0, 1) < tau
+        expected = conformal_rank(n, alpha) / (n + 1)
+        assert expected <= alpha + 1 / (n + 1) and abs(misses / trials - expected) < 0.02
+
+
+@pytest.mark.parametrize("bad", ["median", "quantile:", "quantile:1.5", "quantile:x", "", "conformal:0", "conformal:1", "conformal:x"])
 def test_bad_policy_is_an_error(bad):
     with pytest.raises(CluesError):
         parse_policy(bad)

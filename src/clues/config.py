@@ -140,6 +140,11 @@ class RunConfig:
 # the other languages weight 0): mixing domains inverts the ranking of other-language answers in the
 # English silos (docs/benchmarks.md, "The real model"). `clues federate` keeps w_other = 1.
 SCORE_DEFAULTS = {"w_other": 0.0}
+# Threshold defaults of a run, under what the config says: per silo, from the anchors of its own
+# domain, at the rank that keeps a clean record with probability >= 90% when anchors and clean
+# records are exchangeable (clues.select.conformal_rank). The paper's pooled anchor mean kept about
+# half of the clean records on every score tried (docs/results.md, "Thresholds").
+SELECT_DEFAULTS = {"policy": "conformal:0.1", "mode": "per-silo"}
 
 _SECTIONS = {"train": TrainConfig, "score": ScoreSettings, "select": SelectSettings, "merge": MergeSettings}
 _PATH_KEYS = ("validation", "anchor", "test", "labels", "probe", "out")
@@ -199,6 +204,8 @@ def make_config(values: dict) -> RunConfig:
         sections["train"] = {**PRESET_TRAIN.get(str(values.get("model", "default")), {}), **sections["train"]}
     if isinstance(sections["score"], dict):
         sections["score"] = {**SCORE_DEFAULTS, **sections["score"]}
+    if isinstance(sections["select"], dict):
+        sections["select"] = {**SELECT_DEFAULTS, **sections["select"]}
     built = {name: _build(cls, sections[name], f"{where} [{name}]") for name, cls in _SECTIONS.items()}
     for required in ("validation", "anchor", "test"):
         if not values.get(required):

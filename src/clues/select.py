@@ -19,29 +19,48 @@ MODES = ("global", "per-silo")
 
 @dataclass(frozen=True)
 class Policy:
-    """``mean`` of the anchor scores (the paper's choice) or ``quantile`` ``q`` of them."""
+    """``mean`` of the anchor scores (the paper's choice), their ``quantile`` ``q``, or ``conformal``
+    at miss rate ``q`` (see :func:`conformal_rank`)."""
 
     kind: str = "mean"
     q: float | None = None
 
     def __str__(self) -> str:
-        return "mean" if self.kind == "mean" else f"quantile:{self.q:g}"
+        return "mean" if self.kind == "mean" else f"{self.kind}:{self.q:g}"
 
 
 def parse_policy(text: str) -> Policy:
-    """``"mean"`` or ``"quantile:q"`` with 0 <= q <= 1."""
+    """``"mean"``, ``"quantile:q"`` with 0 <= q <= 1, or ``"conformal:alpha"`` with 0 < alpha < 1."""
     text = (text or "").strip()
     if text == "mean":
         return Policy("mean")
-    if text.startswith("quantile:"):
+    kind, _, value = text.partition(":")
+    if kind in ("quantile", "conformal"):
         try:
-            q = float(text.split(":", 1)[1])
+            q = float(value)
         except ValueError:
             q = math.nan
-        if not 0.0 <= q <= 1.0:
+        if kind == "quantile" and not 0.0 <= q <= 1.0:
             raise CluesError(f"threshold policy {text!r}: q must be a number in [0, 1]")
-        return Policy("quantile", q)
-    raise CluesError(f"unknown threshold policy {text!r}; use 'mean' or 'quantile:q' (e.g. quantile:0.25)")
+        if kind == "conformal" and not 0.0 < q < 1.0:
+            raise CluesError(f"threshold policy {text!r}: alpha must be a number between 0 and 1")
+        return Policy(kind, q)
+    raise CluesError(f"unknown threshold policy {text!r}; use 'mean', 'quantile:q' (e.g. quantile:0.25) "
+                     "or 'conformal:alpha' (e.g. conformal:0.1)")
+
+
+def conformal_rank(count: int, alpha: float) -> int:
+    """The rank k (1-based) of the anchor score used as tau at miss rate ``alpha``.
+
+    If a silo's clean records and the ``count`` anchors are exchangeable (drawn alike and scored
+    alike), a clean record falls below the k-th smallest of the anchor scores with probability at
+    most k / (count + 1); k = floor(alpha * (count + 1)) makes that at most alpha, so the expected
+    clean recall is at least 1 - alpha. The paper's anchor mean cuts near the clean median instead
+    (recall near one half, however good the ranking). With 10 anchors and alpha = 0.1, k = 1: the
+    lowest anchor. With too few anchors for ``alpha`` (alpha * (count + 1) < 1) the lowest anchor is
+    still the threshold, and the guarantee is only 1 - 1 / (count + 1): add anchors to reach it.
+    """
+    return max(1, math.floor(alpha * (count + 1) + 1e-9))
 
 
 def threshold(anchor_scores: Sequence[float], policy: Policy | str = "mean") -> float:
@@ -54,6 +73,8 @@ def threshold(anchor_scores: Sequence[float], policy: Policy | str = "mean") -> 
         raise CluesError("an anchor score is not finite; cannot set a threshold")
     if policy.kind == "mean":
         return math.fsum(values) / len(values)
+    if policy.kind == "conformal":
+        return values[conformal_rank(len(values), policy.q) - 1]
     position = policy.q * (len(values) - 1)
     low = math.floor(position)
     high = min(low + 1, len(values) - 1)

@@ -21,12 +21,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-# Fused methods and their components, all of them methods of clues.baselines.
-FUSIONS = {
-    "clues+ifd": ("clues", "ifd"),
-    "clues+perplexity+ifd": ("clues", "perplexity", "ifd"),
-    "perplexity+ifd": ("perplexity", "ifd"),
-}
+# Fused methods and their components, all of them methods of clues.baselines. Chosen on design seeds
+# 1-2 of mixed-small (benchmarks/design_study.py; docs/results.md, "Choosing the score").
+FUSIONS = {"clues+perplexity+ifd": ("clues", "perplexity", "ifd")}
 
 
 def percentiles(reference: Sequence[float], values: Sequence[float]) -> torch.Tensor:
