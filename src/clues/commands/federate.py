@@ -31,7 +31,7 @@ def federate(
     model: Optional[str] = typer.Option(None, "--model", help="'default', 'smollm2-135m' or a local Hugging Face folder."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the local steps."),
     precondition: Optional[str] = typer.Option(None, "--precondition", help="none (default here) or adam (each silo's own moments)."),
-    threshold: Optional[str] = typer.Option(None, "--threshold", help="mean (default) or quantile:q of the anchor scores."),
+    threshold: Optional[str] = typer.Option(None, "--threshold", help="conformal:0.1 (default: the k-th lowest own-domain anchor, expected clean recall >= 90%), mean (the paper) or quantile:q of the anchor scores."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="FedAvg rounds per condition (default 10)."),
     local_steps: Optional[int] = typer.Option(None, "--local-steps", help="Local optimizer steps per round (default 5)."),
     score_rounds: Optional[str] = typer.Option(None, "--score-rounds", help="Comma-separated warm-up rounds to score at (default: 3 spread)."),

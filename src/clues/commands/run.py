@@ -79,8 +79,8 @@ def run(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs of every condition (default 3)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
     precondition: Optional[str] = typer.Option(None, "--precondition", help="adam (default), none, sqrtv."),
-    threshold: Optional[str] = typer.Option(None, "--threshold", help="mean (default) or quantile:q of the anchor scores."),
-    threshold_mode: Optional[str] = typer.Option(None, "--threshold-mode", help="global (default) or per-silo."),
+    threshold: Optional[str] = typer.Option(None, "--threshold", help="conformal:0.1 (default: the k-th lowest own-domain anchor, expected clean recall >= 90%), mean (the paper) or quantile:q of the anchor scores."),
+    threshold_mode: Optional[str] = typer.Option(None, "--threshold-mode", help="per-silo (default: each silo from its own anchor scores) or global (one tau from all, the paper)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default clues-run). Rerun to resume."),
 ) -> None:
     """Warm-up training -> scoring -> threshold -> selection -> retraining -> merge -> evaluation -> report."""

@@ -31,7 +31,7 @@ def score(
     batch_size: int = typer.Option(8, "--batch-size", help="Records per forward/backward."),
     w_other: float = typer.Option(1.0, "--w-other", help="Weight of validation domains other than the silo's own."),
     domain: Optional[List[str]] = typer.Option(None, "--domain", help="The silo's own domain(s); default: the domains of --data."),
-    threshold_policy: str = typer.Option("mean", "--threshold", help="tau from the anchor scores: mean or quantile:q."),
+    threshold_policy: str = typer.Option("mean", "--threshold", help="tau from the anchor scores: mean (the paper), quantile:q or conformal:alpha (the k-th lowest anchor; expected clean recall >= 1 - alpha)."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model, if not the one recorded in the checkpoints."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
 ) -> None:
@@ -103,7 +103,7 @@ def select(
     threshold_file: Optional[Path] = typer.Option(None, "--threshold-file", help="threshold.json with tau."),
     tau: Optional[float] = typer.Option(None, "--tau", help="The threshold itself."),
     anchor_scores: Optional[List[Path]] = typer.Option(None, "--anchor-scores", help="anchor_scores.jsonl file(s): tau from all of them pooled (the global threshold)."),
-    threshold_policy: str = typer.Option("mean", "--threshold", help="Policy with --anchor-scores: mean or quantile:q."),
+    threshold_policy: str = typer.Option("mean", "--threshold", help="Policy with --anchor-scores: mean, quantile:q or conformal:alpha."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="labels.jsonl: also print precision/recall/F1/accuracy/AUROC."),
 ) -> None:
     """Keep the records whose score is at least tau; print kept/total."""
