@@ -77,3 +77,26 @@ def test_paired_difference_and_verdict():
     (line,) = verdict(results)
     assert line.startswith("**clues**: better") and "100.0% of 100 probe pairs" in line
     assert verdict({"conditions": {"mixed": {}}}) == []
+
+
+def test_a_retraining_condition_takes_as_many_steps_as_training_on_all_records(tiny_model_dir, tmp_path):
+    """equal_steps: the oracle (clean records only) trains the steps of the run on all records."""
+    from clues import protocol
+    from clues.data import shipped
+    from clues.protocol import Message
+    from clues.silo import Silo
+
+    records = shipped.load("fiqa", "all")[:12]
+    labels = {r.id: i % 3 != 0 for i, r in enumerate(records)}  # 8 clean of 12
+    silo = Silo("bank", records, tmp_path / "bank", labels)
+    config = {"model": str(tiny_model_dir), "epochs": 2, "batch_size": 4, "max_length": 64}
+
+    def steps(subset, **extra):
+        silo.handle(Message(protocol.TRAIN, {"tag": subset, "subset": subset, "config": config, **extra}))
+        run = tmp_path / "bank" / "runs" / (tmp_path / "bank" / "runs" / f"{subset}.latest").read_text()
+        last = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+        return json.loads((last / "trainer_meta.json").read_text())["step"]
+
+    assert steps("all") == 2 * 3  # 12 records, batch 4, 2 epochs
+    assert steps("clean") == 2 * 2  # equal epochs: fewer steps
+    assert steps("clean", steps_of="all") == 2 * 3

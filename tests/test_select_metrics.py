@@ -201,3 +201,26 @@ def test_select_command_with_tau_and_pooled_anchor_scores(tmp_path):
     scores.write_text(json.dumps({"id": ids[0], "score": 1.0}) + "\n")
     res = runner.invoke(app, ["select", "--data", str(data), "--scores", str(scores), "--tau", "0", "--out", str(out)])
     assert isinstance(res.exception, CluesError) and "no score" in str(res.exception)
+
+
+def test_run_defaults_select_per_silo_at_the_conformal_rank_unless_the_config_says_otherwise():
+    from clues.config import make_config
+
+    base = {"silos": {"a": "a.jsonl"}, "validation": "v.jsonl", "anchor": "x.jsonl", "test": "t.jsonl"}
+    select_settings = make_config(dict(base)).select
+    assert (select_settings.policy, select_settings.mode) == ("conformal:0.1", "per-silo")
+    select_settings = make_config({**base, "select": {"policy": "mean", "mode": "global"}}).select
+    assert (select_settings.policy, select_settings.mode) == ("mean", "global")
+    assert make_config(dict(base)).equal_steps is True
+
+
+def test_thresholds_take_each_silos_own_domain_anchors():
+    from types import SimpleNamespace
+
+    from clues.select import own_domain_anchors
+
+    anchors = [SimpleNamespace(domain=d) for d in ("finance", "medical", "finance", "medical")]
+    reply = {"anchor_scores": [1.0, 2.0, 3.0, 4.0], "domains": ["medical"]}
+    assert own_domain_anchors(reply, anchors) == [2.0, 4.0]
+    assert own_domain_anchors({**reply, "domains": []}, anchors) == [1.0, 2.0, 3.0, 4.0]  # no domain: all
+    assert own_domain_anchors({**reply, "domains": ["law"]}, anchors) == [1.0, 2.0, 3.0, 4.0]  # none shared: all
