@@ -7,7 +7,7 @@ mean within-silo AUROC (overall and per corruption type) and, for each threshold
 recall, the precision and its margin over the silo's clean share (the issue's target: recall >= 0.95
 with precision >= base rate + 0.15).
 
-    python benchmarks/design_study.py benchmarks/results/signals-design.json
+    python benchmarks/design_study.py benchmarks/results/signals-design.json [more signals outputs...]
 
 The seeds in that file are design seeds: whatever is chosen here is reported on other seeds.
 """
@@ -88,10 +88,11 @@ def study(runs: list[dict], names: tuple[str, ...]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", nargs="?", default=str(HERE / "results" / "signals-design.json"))
+    parser.add_argument("paths", nargs="*", default=[str(HERE / "results" / "signals-design.json")],
+                        help="signals.py outputs; their seeds are pooled")
     parser.add_argument("--max-fuse", type=int, default=3)
     args = parser.parse_args(argv)
-    runs = json.loads(Path(args.path).read_text(encoding="utf-8"))["runs"]
+    runs = [run for path in args.paths for run in json.loads(Path(path).read_text(encoding="utf-8"))["runs"]]
     features = sorted(next(iter(runs[0]["silos"].values()))["values"]["data"])
     candidates = [c for k in range(1, args.max_fuse + 1) for c in itertools.combinations(features, k)]
     results = {c: study(runs, c) for c in candidates}
