@@ -69,7 +69,7 @@ def test_fedavg_is_the_weighted_mean_of_the_adapters():
 
 
 def test_records_round_trip_is_lossless():
-    from clues.collab.flower.records import from_records, to_records
+    from clues.flower.records import from_records, to_records
 
     message = protocol.Message(protocol.ADAPTER, {"num_examples": 3, "note": "é"}, {"w": torch.randn(2, 3)})
     back = from_records(to_records(message))
@@ -88,8 +88,8 @@ def test_score_rounds_default_spread_over_the_warm_up():
 @pytest.fixture(scope="module")
 def simulated(consortium, model_dir, tmp_path_factory):
     """`clues federate`'s engine on 2 silos, 3 rounds; silo `bank` crashes in round 2 of every condition."""
-    import clues.collab.flower.server_app as server_app
-    from clues.collab.flower.simulation import run_federated_simulation
+    import clues.flower.server_app as server_app
+    from clues.flower.simulation import run_federated_simulation
 
     out = tmp_path_factory.mktemp("fed-sim") / "run"
     crossed, parsed = [], []
@@ -170,7 +170,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_deployment_engine_on_loopback_stops_every_process(consortium, model_dir, tmp_path):
-    from clues.collab.flower.deploy import deploy
+    from clues.flower.deployment import deploy
 
     out = tmp_path / "deployed"
     config = _config(consortium, model_dir, out, labels=False)
@@ -205,7 +205,7 @@ class VanishingGrid:
     def __init__(self, node_configs: dict[int, dict], gone: dict[int, set]):
         from flwr.app import Context, RecordDict
 
-        from clues.collab.flower.client_app import app
+        from clues.flower.client_app import app
 
         self.app, self.gone = app, gone
         self.contexts = {n: Context(1, n, c, RecordDict(), {}) for n, c in node_configs.items()}
@@ -233,7 +233,7 @@ class VanishingGrid:
 def test_a_silo_that_disappears_is_left_out_and_logged(consortium, model_dir, tmp_path, monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
-    from clues.collab.flower.server_app import GridFleet
+    from clues.flower.server_app import GridFleet
     from clues.federated import FederatedServer
     from clues.protocol import BoundaryLog
 
@@ -263,8 +263,8 @@ def test_a_failing_silo_tells_the_server_its_name_and_counts_never_a_record(cons
 
     from flwr.supercore.task_identity import TaskIdentity
 
-    import clues.collab.flower.server_app as server_app
-    from clues.collab.flower.server_app import GridFleet
+    import clues.flower.server_app as server_app
+    from clues.flower.server_app import GridFleet
     from clues.io import write_jsonl
     from clues.protocol import BoundaryLog
     from conftest import assert_nothing_private_crossed

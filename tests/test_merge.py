@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from clues.collab import combine, merge_adapters, merge_lora_state_dicts
-from clues.collab.merge import load_adapter
+from clues.merge import combine, merge_adapters, merge_lora_state_dicts
+from clues.merge.adapters import load_adapter
 from clues.errors import CluesError
 
 from conftest import make_tiny_llama

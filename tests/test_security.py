@@ -39,7 +39,7 @@ def _jsonl(path: Path, rows) -> Path:
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_a_silo_name_that_could_be_a_path_is_refused_at_every_entry(name, tmp_path):
-    from clues.collab.flower.client_app import spec_from_node_config
+    from clues.flower.client_app import spec_from_node_config
     from clues.commands.run import config_values
     from clues.config import load_toml, make_config
     from clues.names import check_silo_name
@@ -144,7 +144,7 @@ def test_clues_certs_makes_a_ca_a_superlink_certificate_and_supernode_keys(tmp_p
 
 
 def test_insecure_mode_only_by_name_and_with_a_warning(tmp_path):
-    from clues.collab.flower.deploy import security_for, superlink_argv, supernode_argv
+    from clues.flower.deployment import security_for, superlink_argv, supernode_argv
 
     said = []
     secure = security_for(tmp_path / "a", ["clinic"], say=said.append)
@@ -162,9 +162,9 @@ def test_insecure_mode_only_by_name_and_with_a_warning(tmp_path):
 
 def test_a_tls_superlink_refuses_plaintext_and_unregistered_supernodes(tmp_path):
     """A real SuperLink as the deploy tool starts it (TLS, --enable-supernode-auth), on 127.0.0.1."""
-    from clues.collab.flower.deploy import (Processes, Security, _wait_port, free_port, register_supernodes, security_for,
+    from clues.flower.deployment import (Processes, Security, _wait_port, free_port, register_supernodes, security_for,
                                             superlink_argv, supernode_argv, write_flower_config)
-    from clues.collab.flower.certs import make_node_keys
+    from clues.flower.certs import make_node_keys
 
     out = tmp_path / "link"
     security = security_for(out, ["clinic"], say=lambda *a: None)

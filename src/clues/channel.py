@@ -26,14 +26,11 @@ class LocalChannel:
     def __init__(self, silo: Silo, log: BoundaryLog | None = None, tap: Tap | None = None):
         self.name = silo.name
         self._silo = silo
-        self._log = log or BoundaryLog(None)
-        self._tap = tap
+        self._log = BoundaryLog(log.path if log else None, tap)
 
     def _cross(self, direction: str, message: Message, round: int | None) -> Message:
         blob = message.to_bytes()
-        self._log.record(self.name, direction, message, len(blob), round)
-        if self._tap is not None:
-            self._tap(self.name, direction, blob)
+        self._log.crossed(self.name, direction, message, blob, round)
         return Message.from_bytes(blob)
 
     def request(self, message: Message, round: int | None = None) -> Message:

@@ -212,7 +212,7 @@ class Server:
         return {"tau": chosen.get("tau"), "count": chosen.get("count"), "kept": chosen["kept"]}
 
     def merge(self, condition: str, trained: dict) -> Path | None:
-        from clues.collab.merge import merge_adapters
+        from clues.merge import merge_adapters
 
         merge = self.config.merge
         silos = [n for n in self.channels if (self.out / "server" / "adapters" / condition / n).exists()

@@ -1,9 +1,11 @@
 """The messages that cross the privacy boundary between the server and a silo.
 
 A message is a kind, a JSON-able ``meta`` dictionary and named tensors; on the wire it is one
-safetensors blob whose header metadata carries the kind and the JSON. Every transport (the
-in-process channel, the Flower ClientApp) moves exactly these bytes, so the boundary test that
-inspects them covers every deployment.
+safetensors blob whose header metadata carries the kind and the JSON (:meth:`Message.to_bytes`),
+the only encoding there is. Every transport moves exactly these bytes: the in-process fleet hands
+them over, Flower carries them in one record (:mod:`clues.flower.records`), so the boundary test
+that inspects them covers every deployment. :class:`BoundaryLog` is the one place a crossing is
+logged (and, in tests, tapped), whatever the transport.
 
 What a silo may send out: adapter tensors, counts, summaries and scores of *public* records
 (anchors). What it never sends: its records' text, token ids or ids.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load as load_tensors
@@ -25,7 +28,7 @@ from clues.errors import CluesError
 TRAIN = "train"  # fine-tune a LoRA adapter on a subset of the silo's records
 SCORE = "score"  # score own records (and the public anchors) on the silo's own checkpoints
 SELECT = "select"  # keep the records with score >= tau
-# Federated mode (clues.silo_federated): the global model travels with every request.
+# Federated mode (clues.silo.federated): the global model travels with every request.
 HELLO = "hello"  # who are you? (name and record count only)
 FIT = "fit"  # a few local optimizer steps from the global adapter; reply the updated adapter
 FED_SCORE = "fed-score"  # score own records at the global adapter along a validation direction, keep the sum here
@@ -35,6 +38,8 @@ SCORES = "scores"
 SELECTION = "selection"
 INFO = "info"
 ERROR = "error"
+
+Tap = Callable[[str, str, bytes], None]  # (silo, direction, wire bytes): what a test sees cross
 
 KINDS = (TRAIN, SCORE, SELECT, HELLO, FIT, FED_SCORE, ADAPTER, SCORES, SELECTION, INFO, ERROR)
 
@@ -63,17 +68,23 @@ class Message:
 
 
 class BoundaryLog:
-    """One JSON line per message crossing the boundary, in order: round, direction, kind, payload keys,
-    bytes. No wall-clock time: two runs with the same seed write the same log."""
+    """One JSON line per message crossing the boundary, in order: round, silo, direction, kind, payload
+    keys, bytes. No wall-clock time: two runs with the same seed write the same log.
 
-    def __init__(self, path: str | Path | None):
+    ``tap(silo, direction, blob)`` sees the very bytes that crossed (the boundary tests read them).
+    """
+
+    def __init__(self, path: str | Path | None = None, tap: Tap | None = None):
         self.path = Path(path) if path else None
+        self.tap = tap
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def record(self, silo: str, direction: str, message: Message, size: int, round: int | None = None,
-               **extra) -> None:
+    def crossed(self, silo: str, direction: str, message: Message, blob: bytes, round: int | None = None,
+                **extra) -> None:
         """``extra``: transport details (e.g. Flower's message type and record names) added to the row."""
+        if self.tap is not None:
+            self.tap(silo, direction, blob)
         if not self.path:
             return
         row = {
@@ -83,7 +94,7 @@ class BoundaryLog:
             "kind": message.kind,
             "meta_keys": sorted(message.meta),
             "tensor_keys": len(message.tensors),
-            "bytes": size,
+            "bytes": len(blob),
             **extra,
         }
         with open(self.path, "a", encoding="utf-8") as handle:

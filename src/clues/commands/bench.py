@@ -51,7 +51,7 @@ def _run(values: dict, methods: list[str], match_count: bool, flags: dict, sourc
 
 def _federated(values: dict) -> dict:
     """The same comparison with FedAvg instead of merging (`clues federate`'s defaults, its [federated] table)."""
-    from clues.collab.flower.simulation import run_federated_simulation
+    from clues.flower.simulation import run_federated_simulation
     from clues.commands.federate import FEDERATED_SCORE_DEFAULTS, fed_settings
     from clues.config import make_config
     from clues.report import print_summary

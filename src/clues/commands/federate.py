@@ -40,7 +40,7 @@ def federate(
     compare: Optional[Path] = typer.Option(None, "--compare", help="results.json of a merging run (clues run/demo) on the same data: report both side by side."),
 ) -> None:
     """Warm-up FedAvg with scoring at the global model -> threshold -> selection -> FedAvg on kept data."""
-    from clues.collab.flower.simulation import run_federated_simulation
+    from clues.flower.simulation import run_federated_simulation
     from clues.report import print_summary
 
     config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
@@ -106,7 +106,7 @@ def certs(
     days: int = typer.Option(30, "--days", help="Validity of the certificates in days (a trial, not production)."),
 ) -> None:
     """Self-signed TLS certificates (and SuperNode key pairs) for a trial federation on Flower."""
-    from clues.collab.flower.certs import make_certificates, make_node_keys
+    from clues.flower.certs import make_certificates, make_node_keys
     from clues.names import check_silo_name
 
     try:

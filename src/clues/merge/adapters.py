@@ -47,7 +47,7 @@ from typing import Sequence
 
 import torch
 
-from clues.collab.merge_ops import METHODS, combine
+from clues.merge.ops import METHODS, combine
 from clues.errors import CluesError
 from clues.io import write_json
 

@@ -1,9 +1,9 @@
-"""Federated CLUES on Flower's deployment engine, on this machine: ``python -m clues.collab.flower.deploy``.
+"""Federated CLUES on Flower's deployment engine, on this machine: ``python -m clues.flower.deployment``.
 
 What an operator would do by hand on several machines (docs/federated.md), done on 127.0.0.1:
 
 1. write the Flower app folder (``OUT/flower-app/pyproject.toml``: the components are the installed
-   ``clues.collab.flower.server_app:app`` and ``client_app:app``; the run config names the job
+   ``clues.flower.server_app:app`` and ``client_app:app``; the run config names the job
    file ``OUT/flower-app/job.json`` with the run settings) and a Flower configuration
    (``OUT/flower-home/config.toml``) with one SuperLink connection, ``clues-local``;
 2. secure the federation (:func:`security_for`): TLS with the certificates in ``--certs DIR``
@@ -68,8 +68,8 @@ dependencies = []
 publisher = "clues"
 
 [tool.flwr.app.components]
-serverapp = "clues.collab.flower.server_app:app"
-clientapp = "clues.collab.flower.client_app:app"
+serverapp = "clues.flower.server_app:app"
+clientapp = "clues.flower.client_app:app"
 
 [tool.flwr.app.config]
 job = {json.dumps(str(job.resolve()))}
@@ -106,7 +106,7 @@ INSECURE_WARNING = ("--insecure: the SuperLink and SuperNodes talk in plaintext 
 
 def security_for(out: Path, silos, certs: Path | None = None, insecure: bool = False, say=print) -> Security:
     """TLS from ``certs`` (or trial certificates made in ``OUT/certs``) plus SuperNode keys, or plaintext if ``insecure``."""
-    from clues.collab.flower.certs import check_tls_folder, make_certificates, make_node_keys
+    from clues.flower.certs import check_tls_folder, make_certificates, make_node_keys
 
     if insecure:
         if certs is not None:

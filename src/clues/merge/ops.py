@@ -3,7 +3,7 @@
 Every function here sees the same thing: a list of same-shaped "task tensors" (one per silo: a LoRA
 factor, or a module's weight change) and one weight per tensor, and returns one merged tensor.
 Whether those tensors are LoRA factors or real weight changes is the caller's business
-(:mod:`clues.collab.merge`); the math does not care.
+(:mod:`clues.merge.adapters`); the math does not care.
 
 Written from the papers' definitions:
 

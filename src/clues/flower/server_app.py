@@ -2,7 +2,7 @@
 
 :class:`GridFleet` is the server's whole view of the federation: it waits for the SuperNodes,
 asks each for its silo name (``hello``), then turns every clues request into a Flower ``Message``
-(:mod:`clues.collab.flower.records`), sends a round with ``Grid.send_and_receive`` under a timeout
+(:mod:`clues.flower.records`), sends a round with ``Grid.send_and_receive`` under a timeout
 and turns the replies back. A reply that carries an error (the silo's handler raised) or that does
 not arrive before the timeout (the silo disappeared) is logged and left out: the round completes
 with the silos that answered. Every payload crossing is logged to ``boundary_log.jsonl`` with its
@@ -10,7 +10,7 @@ Flower message type, record names and wire size.
 
 The simulation engine builds the app in-process with :func:`make_server_app`; the deployment
 engine loads ``app`` below, which reads its job (run config + federated settings, a JSON file
-written by :mod:`clues.collab.flower.deploy`) from the run config key ``job``.
+written by :mod:`clues.flower.deployment`) from the run config key ``job``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from clues import protocol
-from clues.collab.flower.records import MESSAGE_TYPES, from_records, payload_keys, to_records, wire_bytes
+from clues.flower.records import MESSAGE_TYPES, blob_of, from_records, payload_keys, to_records
 from clues.errors import CluesError
 from clues.failures import describe
 from clues.names import check_silo_name
@@ -41,7 +41,8 @@ class GridFleet:
 
     def __init__(self, grid: Grid, expected: int, log: BoundaryLog, timeout: float = 600.0,
                  tap: Tap | None = None, console: Console | None = None, wait: float = 120.0):
-        self.grid, self.log, self.timeout, self.tap = grid, log, timeout, tap
+        self.grid, self.timeout = grid, timeout
+        self.log = BoundaryLog(log.path, tap) if tap is not None else log
         self.console = console or Console()
         self.failures: list[dict] = []
         self._nodes: dict[str, int] = {}
@@ -78,10 +79,8 @@ class GridFleet:
         return list(self._nodes)
 
     def _cross(self, silo: str, direction: str, message, content, message_type: str, round) -> None:
-        blob = wire_bytes(content)
-        self.log.record(silo, direction, message, len(blob), round, message_type=message_type, records=payload_keys(content))
-        if self.tap is not None:
-            self.tap(silo, direction, blob)
+        self.log.crossed(silo, direction, message, blob_of(content), round, message_type=message_type,
+                         records=payload_keys(content))
 
     def exchange(self, requests: Mapping[str, protocol.Message], round: int | None = None) -> dict[str, protocol.Message]:
         outgoing, names = [], {}
@@ -178,7 +177,7 @@ def load_job(path: str | Path):
     return make_config(data["config"]), fed, int(data.get("expected_silos", len(data["config"].get("silos", {})) or 1))
 
 
-# The deployment engine's ServerApp (pyproject: serverapp = "clues.collab.flower.server_app:app").
+# The deployment engine's ServerApp (pyproject: serverapp = "clues.flower.server_app:app").
 app = ServerApp()
 
 
@@ -186,6 +185,6 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     job = context.run_config.get("job")
     if not job:
-        raise CluesError("run config has no 'job' (the JSON file written by python -m clues.collab.flower.deploy)")
+        raise CluesError("run config has no 'job' (the JSON file written by python -m clues.flower.deployment)")
     config, fed, expected = load_job(str(job))
     run_job(grid, config, fed, expected)

@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clues.collab.flower.records import from_records, to_records
+from clues.flower.records import from_records, to_records
 from clues.errors import CluesError
 from clues.failures import failure_reply
 from clues.names import check_silo_name
@@ -115,5 +115,5 @@ def make_client_app(silos: Sequence[SiloSpec] | None = None, faults: Mapping[str
     return app
 
 
-# The deployment engine's ClientApp (pyproject: clientapp = "clues.collab.flower.client_app:app").
+# The deployment engine's ClientApp (pyproject: clientapp = "clues.flower.client_app:app").
 app = make_client_app()

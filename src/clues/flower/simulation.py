@@ -29,8 +29,8 @@ def run_federated_simulation(config, fed, console: Console | None = None, tap=No
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
 
-    from clues.collab.flower.client_app import SiloSpec, make_client_app
-    from clues.collab.flower.server_app import make_server_app
+    from clues.flower.client_app import SiloSpec, make_client_app
+    from clues.flower.server_app import make_server_app
     from clues.data import load_many
 
     load_many(config.silos.values())  # every problem with the silo files reported before anything starts
