@@ -4,7 +4,7 @@
 # TLS and SuperNode authentication by default: `--certs DIR` (ca.pem, server.pem, server.key; make a
 # trial set with `clues certs --out DIR`), else self-signed certificates made for the run in OUT/certs.
 # `--insecure` (plaintext, any SuperNode admitted) only on a trusted network; it prints a warning.
-# The work is done by `python -m clues.flower.deployment` (see docs/federated.md); this wrapper
+# The work is done by `clues federate --engine deployment` (see docs/federated.md); this wrapper
 # only picks the venv's Python and turns telemetry off. Arguments are passed through, e.g.
 #
 #   scripts/deploy_local.sh --silo clinic=silos/clinic.jsonl --silo bank=silos/bank.jsonl \
@@ -12,4 +12,4 @@
 set -euo pipefail
 PYTHON="${PYTHON:-$(command -v python)}"
 export FLWR_TELEMETRY_ENABLED=0
-exec "$PYTHON" -m clues.flower.deployment "$@"
+exec "$PYTHON" -m clues.cli federate --engine deployment "$@"

@@ -20,9 +20,10 @@ from clues.cli import app
 from clues.config import make_config
 from clues.io import read_jsonl
 from clues.metrics import roc_auc, roc_curve
-from clues.pipeline import Server
 from clues.data import load_records
 from clues.select import own_domain_anchors, select_top, threshold
+from clues.server.fleet import open_local_fleet
+from clues.server.merging import MergingServer
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +45,15 @@ def _stage(out, name) -> dict:
 
 
 def test_every_method_is_thresholded_by_its_own_anchor_scores_and_keeps_data_private(
-        consortium, tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+        consortium, tiny_model_dir, tiny_tokenizer, tmp_path):
     crossed: list[tuple[str, bytes]] = []
-    original = __import__("clues.channel", fromlist=["LocalChannel"]).LocalChannel.__init__
-
-    def tapped(self, silo, log=None, tap=None):
-        original(self, silo, log, tap=lambda name, direction, blob: crossed.append((direction, blob)))
-
-    monkeypatch.setattr("clues.channel.LocalChannel.__init__", tapped)
     out = tmp_path / "run"
-    results = Server(make_config(_values(consortium, tiny_model_dir, out)), Console(quiet=True)).run()
+
+    def serve(config):  # fresh in-process silos whose every crossing is tapped
+        fleet = open_local_fleet(config, tap=lambda name, direction, blob: crossed.append((direction, blob)))
+        return MergingServer(config, fleet, Console(quiet=True)).run()
+
+    results = serve(make_config(_values(consortium, tiny_model_dir, out)))
 
     assert set(results["conditions"]) == {"mixed", "oracle", *METHODS}
     assert set(results["selection"]) == set(METHODS) and set(results["scoring_seconds"]) == set(METHODS)
@@ -97,7 +97,7 @@ def test_every_method_is_thresholded_by_its_own_anchor_scores_and_keeps_data_pri
 
     # --match-count: only selection and what follows it rerun; every method keeps CLUES' count
     crossed.clear()
-    matched = Server(make_config(_values(consortium, tiny_model_dir, out, match_count=True)), Console(quiet=True)).run()
+    matched = serve(make_config(_values(consortium, tiny_model_dir, out, match_count=True)))
     assert protocol.SCORE not in {protocol.Message.from_bytes(b).kind for d, b in crossed if d == "server->silo"}
     for method in METHODS:
         for silo in silos:
@@ -173,10 +173,11 @@ def test_pooled_selection_and_sweep_table(tmp_path):
 
 def test_federated_bench_trains_every_method_with_fedavg(consortium, tiny_model_dir, tmp_path):
     """In-process silos: each baseline is scored in the silos, thresholded globally, then trained with FedAvg."""
-    from clues.channel import LocalChannel
+    from clues.config import FedSettings
     from clues.data import load_records
-    from clues.federated import FedSettings, FederatedServer, LocalFleet
     from clues.metrics import load_labels
+    from clues.server.federated import FederatedServer
+    from clues.server.fleet import LocalFleet
     from clues.silo import Silo
 
     silos, public, labels = consortium
@@ -184,9 +185,9 @@ def test_federated_bench_trains_every_method_with_fedavg(consortium, tiny_model_
     config = make_config({**_values(consortium, tiny_model_dir, out), "score": {"batch_size": 8, "precondition": "none"},
                           "eval_batch_size": 8})
     label_rows = load_labels(labels)
-    channels = {n: LocalChannel(Silo(n, load_records(p), out / "silos" / n, {i: r["clean"] for i, r in label_rows.items()}))
-                for n, p in silos.items()}
-    results = FederatedServer(config, FedSettings(rounds=2, local_steps=1, score_rounds=(1, 2)), LocalFleet(channels),
+    fleet = LocalFleet(Silo(n, load_records(p), out / "silos" / n, {i: r["clean"] for i, r in label_rows.items()})
+                       for n, p in silos.items())
+    results = FederatedServer(config, FedSettings(rounds=2, local_steps=1, score_rounds=(1, 2)), fleet,
                               Console(quiet=True)).run()
     assert set(results["conditions"]) == {"fl-mixed", "fl-oracle", *(f"fl-{m}" for m in METHODS)}
     assert set(results["selection"]) == {f"fl-{m}" for m in METHODS}

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from clues import protocol
 from clues.config import make_config
-from clues.federated import FedSettings, fedavg
+from clues.config import FedSettings
+from clues.server.federated import fedavg
 from clues.io import read_jsonl
 
 pytest.importorskip("flwr")
@@ -88,26 +89,26 @@ def test_score_rounds_default_spread_over_the_warm_up():
 @pytest.fixture(scope="module")
 def simulated(consortium, model_dir, tmp_path_factory):
     """`clues federate`'s engine on 2 silos, 3 rounds; silo `bank` crashes in round 2 of every condition."""
-    import clues.flower.server_app as server_app
-    from clues.flower.simulation import run_federated_simulation
+    import clues.flower.grid as grid
+    from clues.flower.simulation import simulate
 
     out = tmp_path_factory.mktemp("fed-sim") / "run"
     crossed, parsed = [], []
-    original = server_app.from_records
+    original = grid.from_records
 
     def recording(content):
         message = original(content)
         parsed.append(message)
         return message
 
-    server_app.from_records = recording  # the ServerApp runs in this process: see every reply it decodes
+    grid.from_records = recording  # the ServerApp runs in this process: see every reply it decodes
     try:
         fed = FedSettings(rounds=3, local_steps=2, score_rounds=(1, 3), round_timeout=120)
-        results = run_federated_simulation(_config(consortium, model_dir, out), fed, Console(quiet=True),
+        results = simulate(_config(consortium, model_dir, out), fed, Console(quiet=True),
                                            tap=lambda silo, direction, blob: crossed.append((silo, direction, blob)),
                                            faults={"bank": [2]})
     finally:
-        server_app.from_records = original
+        grid.from_records = original
     return out, results, crossed, parsed
 
 
@@ -233,9 +234,9 @@ class VanishingGrid:
 def test_a_silo_that_disappears_is_left_out_and_logged(consortium, model_dir, tmp_path, monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
-    from clues.flower.server_app import GridFleet
-    from clues.federated import FederatedServer
+    from clues.flower.grid import GridFleet
     from clues.protocol import BoundaryLog
+    from clues.server.federated import FederatedServer
 
     for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):  # what a ServerApp process has set
         monkeypatch.setattr(TaskIdentity, key, value)
@@ -263,8 +264,8 @@ def test_a_failing_silo_tells_the_server_its_name_and_counts_never_a_record(cons
 
     from flwr.supercore.task_identity import TaskIdentity
 
-    import clues.flower.server_app as server_app
-    from clues.flower.server_app import GridFleet
+    import clues.flower.grid as grid
+    from clues.flower.grid import GridFleet
     from clues.io import write_jsonl
     from clues.protocol import BoundaryLog
     from conftest import assert_nothing_private_crossed
@@ -283,10 +284,10 @@ def test_a_failing_silo_tells_the_server_its_name_and_counts_never_a_record(cons
     for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):  # what a ServerApp process has set
         monkeypatch.setattr(TaskIdentity, key, value)
     crossed, parsed, said = [], [], io.StringIO()
-    monkeypatch.setattr(server_app, "from_records", lambda content, original=server_app.from_records: parsed.append(original(content)) or parsed[-1])
-    fleet = GridFleet(VanishingGrid(nodes, gone={}), 4, BoundaryLog(out / "boundary_log.jsonl"), timeout=5,
-                      tap=lambda silo, direction, blob: crossed.append((direction, blob)),
-                      console=Console(file=said, width=200), wait=1)
+    monkeypatch.setattr(grid, "from_records", lambda content, original=grid.from_records: parsed.append(original(content)) or parsed[-1])
+    fleet = GridFleet(VanishingGrid(nodes, gone={}), 4,
+                      BoundaryLog(out / "boundary_log.jsonl", tap=lambda silo, direction, blob: crossed.append((direction, blob))),
+                      timeout=5, console=Console(file=said, width=200), wait=1)
     assert fleet.silos() == ["clinic"]
     failures = {f["silo"]: f for f in fleet.failures}
     assert failures["bank"] == {"round": 0, "silo": "bank", "node": 9, "kind": protocol.HELLO,
@@ -303,9 +304,9 @@ def test_a_failing_silo_tells_the_server_its_name_and_counts_never_a_record(cons
 
 def test_adam_preconditioner_uses_each_silos_own_moments_and_pools_anchor_scores(consortium, model_dir, tmp_path):
     """In-process silos (no engine): with ``adam`` every silo scores the public anchors with its moments."""
-    from clues.channel import LocalChannel
     from clues.data import load_records
-    from clues.federated import FederatedServer, LocalFleet
+    from clues.server.federated import FederatedServer
+    from clues.server.fleet import LocalFleet
     from clues.silo import Silo
 
     silos, public, _ = consortium
@@ -313,11 +314,17 @@ def test_adam_preconditioner_uses_each_silos_own_moments_and_pools_anchor_scores
     config = make_config({"silos": silos, **public, "model": str(model_dir), "out": str(out),
                           "train": {"batch_size": 4, "max_length": 64}, "score": {"batch_size": 8, "precondition": "adam"},
                           "conditions": ["mixed", "clues"], "eval_batch_size": 8})
-    channels = {n: LocalChannel(Silo(n, load_records(p), out / "silos" / n)) for n, p in silos.items()}
-    server = FederatedServer(config, FedSettings(rounds=2, local_steps=1, score_rounds=(1, 2)), LocalFleet(channels), Console(quiet=True))
+    fleet = LocalFleet(Silo(n, load_records(p), out / "silos" / n) for n, p in silos.items())
+    server = FederatedServer(config, FedSettings(rounds=2, local_steps=1, score_rounds=(1, 2)), fleet, Console(quiet=True))
     columns = []
     original = server.score_checkpoint
-    server.score_checkpoint = lambda *a: columns.append(original(*a)) or columns[-1]
+
+    def recording(*args):
+        column, replies = original(*args)
+        columns.append(column)
+        return column, replies
+
+    server.score_checkpoint = recording
     results = server.run()
     assert [sorted(c) for c in columns] == [["bank", "clinic"], ["bank", "clinic"]]  # anchors scored by the silos
     assert columns[0]["bank"] != columns[0]["clinic"]  # each with its own moments

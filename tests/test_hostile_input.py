@@ -307,12 +307,10 @@ def test_a_silo_sharing_public_records_is_warned_with_counts_only(files, tmp_pat
 
     from clues import protocol
     from clues.config import make_config
-    from clues.pipeline import Server
+    from clues.server.fleet import open_local_fleet
+    from clues.server.merging import MergingServer
 
     crossed = []
-    original = __import__("clues.channel", fromlist=["LocalChannel"]).LocalChannel.__init__
-    monkeypatch.setattr("clues.channel.LocalChannel.__init__", lambda self, silo, log=None, tap=None: original(
-        self, silo, log, tap=lambda name, direction, blob: crossed.append((direction, blob))))
     same_id = {**GOOD[0], "output": "A different answer under the same id."}
     same_text = {**{k: v for k, v in GOOD[1].items() if k != "id"}, "id": "public-copy"}
     validation = write_jsonl(tmp_path / "validation.jsonl", [PUBLIC[0], same_id])
@@ -320,7 +318,8 @@ def test_a_silo_sharing_public_records_is_warned_with_counts_only(files, tmp_pat
     config = make_config({"silos": {"bank": str(files["good"])}, "validation": str(validation),
                           "anchor": str(files["public"]), "test": str(test), "out": str(tmp_path / "out")})
     console = Console(record=True, width=400)
-    counts = Server(config, console).check_overlap()
+    fleet = open_local_fleet(config, console, tap=lambda name, direction, blob: crossed.append((direction, blob)))
+    counts = MergingServer(config, fleet, console).check_overlap()
     assert counts == {"bank": {"validation": 1, "anchor": 0, "test": 1}}
     said = console.export_text()
     assert "warning: silo 'bank' shares records with public sets (validation 1, test 1 records" in said

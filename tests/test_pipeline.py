@@ -10,7 +10,8 @@ from rich.console import Console
 from clues import protocol
 from clues.config import make_config
 from clues.io import read_jsonl
-from clues.pipeline import Server
+from clues.server.fleet import open_local_fleet
+from clues.server.merging import MergingServer
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +31,16 @@ def _config(consortium, model_dir, out):
     })
 
 
-def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
-    crossed: list[tuple[str, str, bytes]] = []
-    original = __import__("clues.channel", fromlist=["LocalChannel"]).LocalChannel.__init__
+def Server(config, console):
+    """The merging server over in-process silos whose every crossing is tapped into ``crossed``."""
+    return MergingServer(config, open_local_fleet(config, console, tap=lambda *c: crossed.append(c)), console)
 
-    def tapped(self, silo, log=None, tap=None):
-        original(self, silo, log, tap=lambda name, direction, blob: crossed.append((name, direction, blob)))
 
-    monkeypatch.setattr("clues.channel.LocalChannel.__init__", tapped)
+crossed: list[tuple[str, str, bytes]] = []
+
+
+def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_dir, tiny_tokenizer, tmp_path):
+    crossed.clear()
     out = tmp_path / "run"
     config = _config(consortium, tiny_model_dir, out)
     results = Server(config, Console(quiet=True)).run()

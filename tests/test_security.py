@@ -90,9 +90,9 @@ def test_a_failure_inside_a_silo_crosses_the_channel_without_its_private_details
     from rich.console import Console
 
     from clues import protocol
-    from clues.channel import LocalChannel
     from clues.data import load_records
-    from clues.federated import LocalFleet
+    from clues.protocol import BoundaryLog
+    from clues.server.fleet import LocalFleet
     from clues.silo import Silo
     from clues.train import TrainConfig
     from conftest import assert_nothing_private_crossed
@@ -102,8 +102,8 @@ def test_a_failure_inside_a_silo_crosses_the_channel_without_its_private_details
     workdir.mkdir(parents=True)
     _jsonl(workdir / "kept.jsonl", [{**GOOD[0], "output": 3}])
     crossed = []
-    channel = LocalChannel(Silo("bank", records, workdir), tap=lambda silo, direction, blob: crossed.append((direction, blob)))
-    fleet = LocalFleet({"bank": channel}, Console(quiet=True))
+    fleet = LocalFleet([Silo("bank", records, workdir)], BoundaryLog(tap=lambda silo, direction, blob: crossed.append((direction, blob))),
+                       Console(quiet=True))
     request = protocol.Message(protocol.FIT, {"tag": "fl-clues", "subset": "kept", "round": 1, "steps": 1, "lr": 1e-4,
                                               "config": TrainConfig().to_dict()})
     assert fleet.exchange({"bank": request}, 1) == {}

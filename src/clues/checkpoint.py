@@ -184,23 +184,50 @@ def load_moments(ckpt_dir: str | os.PathLike) -> dict[str, tuple[torch.Tensor, t
     return moments
 
 
+def load_adapter_state(model, tensors: dict[str, torch.Tensor], what: str = "the global adapter") -> None:
+    """Overwrite a PeftModel's adapter weights with ``tensors`` (PEFT's file names).
+
+    Missing or unexpected adapter tensors raise: a silently partial load would train or score with
+    a mix of two adapters. ``what`` names the adapter in that error.
+    """
+    from peft import set_peft_model_state_dict
+
+    if not tensors:
+        raise CluesError(f"{what}: no adapter tensors")
+    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
+    result = set_peft_model_state_dict(model, {k: v.to(dtype) for k, v in tensors.items()})
+    missing = [k for k in result.missing_keys if ".lora_" in k]
+    if missing or result.unexpected_keys:
+        raise CluesError(
+            f"{what} does not match the model's LoRA settings "
+            f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(result.unexpected_keys[:3]) or '-'})"
+        )
+
+
 def load_adapter(model, ckpt_dir: str | os.PathLike) -> None:
     """Load a checkpoint's adapter weights into a PeftModel built with the same LoRA settings.
 
     Cheaper than ``PeftModel.from_pretrained`` when one model visits many checkpoints (scoring).
-    Missing or unexpected adapter tensors raise: a silently partial load would score with a mix of
-    two checkpoints.
     """
-    from peft import set_peft_model_state_dict
+    load_adapter_state(model, load_tensors(Path(ckpt_dir) / ADAPTER_FILE), f"{ckpt_dir}: adapter")
 
-    state = load_tensors(Path(ckpt_dir) / ADAPTER_FILE)
-    result = set_peft_model_state_dict(model, state)
-    missing = [k for k in result.missing_keys if ".lora_" in k]
-    if missing or result.unexpected_keys:
-        raise CluesError(
-            f"{ckpt_dir}: adapter does not match the model's LoRA settings "
-            f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(result.unexpected_keys[:3]) or '-'})"
-        )
+
+def restore_moments(model, optimizer, moments: dict, step: int, source: str | os.PathLike) -> None:
+    """Put saved AdamW moments back on a fresh optimizer (resumed training, a silo's next federated round).
+
+    Every LoRA parameter gets a gradient at every step, so its AdamW step count is the global step.
+    """
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name not in moments:
+            raise CluesError(f"{source}: no optimizer moments for {name}")
+        exp_avg, exp_avg_sq = moments[name]
+        optimizer.state[param] = {
+            "step": torch.tensor(float(step)),
+            "exp_avg": exp_avg.to(param.device, param.dtype),
+            "exp_avg_sq": exp_avg_sq.to(param.device, param.dtype),
+        }
 
 
 def load_rng_state(ckpt_dir: str | os.PathLike) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""The configuration of a whole `clues run`: one dataclass, loadable from TOML, overridable by flags.
+"""The configuration of a whole `clues run` / `clues federate`: loadable from TOML, overridable by flags.
+
+The run's own settings live here (:class:`RunConfig` and its sections :class:`SelectSettings`,
+:class:`MergeSettings`, :class:`FedSettings`); the training and scoring sections are the dataclasses
+of the code they configure (:class:`clues.train.TrainConfig`, :class:`clues.scoring.engine.ScoreSettings`),
+checked the same way (:mod:`clues.fieldcheck`).
 
 Every option of training, scoring, thresholding and merging is reachable from the file::
 
@@ -33,12 +38,17 @@ Every option of training, scoring, thresholding and merging is reachable from th
     space = "factor"                 # factor | delta
     density = 0.2
 
+    [federated]                      # clues federate only (FedSettings)
+    rounds = 10
+    local_steps = 5
+
 Relative paths are resolved against the folder of the TOML file. Unknown keys are errors that name
 the file and the key, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -47,7 +57,7 @@ from clues.baselines import METHODS
 from clues.errors import CluesError
 from clues.model.loading import PRESET_TRAIN
 from clues.names import check_silo_name
-from clues.fieldcheck import AT_LEAST_1, NON_NEGATIVE, SHARE, check_fields, show
+from clues.fieldcheck import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SHARE, check_fields, show
 from clues.scoring.engine import ScoreSettings
 from clues.select import MODES, parse_policy
 from clues.train import TrainConfig
@@ -86,6 +96,48 @@ class SelectSettings:
     def __post_init__(self):
         check_fields(self, choices={"mode": MODES})
         parse_policy(self.policy)
+
+
+@dataclass(frozen=True)
+class FedSettings:
+    """Federated mode: rounds per condition, local steps per round, score rounds, sampling, round timeout (seconds)."""
+
+    rounds: int = 10
+    local_steps: int = 5
+    score_rounds: tuple[int, ...] | None = None
+    fraction_train: float = 1.0
+    round_timeout: float = 600.0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_fields(self, {"rounds": AT_LEAST_1, "local_steps": AT_LEAST_1, "fraction_train": SHARE,
+                            "round_timeout": POSITIVE, "seed": NON_NEGATIVE})
+        if self.score_rounds is not None:
+            bad = [r for r in self.score_rounds if not 1 <= r <= self.rounds]
+            if bad or not self.score_rounds:
+                raise CluesError(f"--score-rounds must be rounds between 1 and {self.rounds}, got {list(self.score_rounds)}")
+            object.__setattr__(self, "score_rounds", tuple(sorted(set(self.score_rounds))))
+
+    @property
+    def checkpoints(self) -> tuple[int, ...]:
+        """The score rounds; by default three spread over the warm-up, the last one included."""
+        if self.score_rounds:
+            return self.score_rounds
+        return tuple(sorted({max(1, math.ceil(self.rounds * k / 3)) for k in (1, 2, 3)}))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "score_rounds": list(self.checkpoints)}
+
+
+def fed_settings(values: dict) -> FedSettings:
+    """:class:`FedSettings` from a ``[federated]`` table (TOML lists become tuples); a problem names the table."""
+    values = dict(values)
+    if isinstance(values.get("score_rounds"), list):  # anything else is refused by FedSettings' type check
+        values["score_rounds"] = tuple(values["score_rounds"])
+    try:
+        return FedSettings(**values)
+    except (TypeError, CluesError) as exc:
+        raise CluesError(f"[federated]: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 
 from clues.data.batching import length_sorted_batches, pad_batch
 from clues.data.records import Record
-from clues.data.template import encode_all
+from clues.data.template import DEFAULT_MAX_LENGTH, encode_all, padding_id
 from clues.errors import CluesError
 from clues.io import read_rows
 from clues.loss import batch_record_losses
@@ -47,10 +47,6 @@ def _eval_mode(model):
         model.train(was_training)
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_size: int,
                    prefix_start: int | None = None) -> list[float]:
     """Per-record losses of already encoded records, in input order.
@@ -71,7 +67,7 @@ def encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_si
 
 
 def record_losses(
-    model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
+    model, tokenizer, records: Sequence[Record], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 16,
     template: str = "alpaca", console=None, prefix_start: int | None = None,
 ) -> list[float]:
     """The project loss of each record (mean over its response tokens), in input order, without gradients.
@@ -81,7 +77,7 @@ def record_losses(
     if not records:
         return []
     encodings, _ = encode_all(records, tokenizer, max_length, template, console=console)
-    return encoded_losses(model, encodings, _pad_id(tokenizer), batch_size, prefix_start)
+    return encoded_losses(model, encodings, padding_id(tokenizer), batch_size, prefix_start)
 
 
 def _mean_by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[str, float]:
@@ -92,7 +88,7 @@ def _mean_by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[
 
 
 def per_domain_loss(
-    model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
+    model, tokenizer, records: Sequence[Record], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 16,
     template: str = "alpaca", console=None, prefix_start: int | None = None,
 ) -> dict[str, float]:
     """Mean per-record response loss of each domain: ``{domain: loss}``, domains sorted by name.
@@ -192,7 +188,7 @@ class MCQResult:
 
 
 def option_losses(
-    model, tokenizer, questions: Sequence[Question], max_length: int = 256, batch_size: int = 16,
+    model, tokenizer, questions: Sequence[Question], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 16,
     template: str = "alpaca", prefix_start: int | None = None,
 ) -> list[list[float]]:
     """The project loss of every candidate response of every question, all batched together."""
@@ -206,7 +202,7 @@ def option_losses(
 
 
 def mcq_accuracy(
-    model, tokenizer, records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
+    model, tokenizer, records: Sequence[Record], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 16,
     template: str = "alpaca", prefix_start: int | None = None,
 ) -> MCQResult:
     """Accuracy of picking, for each multiple-choice record, the option with the lowest response loss.
@@ -322,7 +318,7 @@ def oracle_gain_recovered(
 
 
 def evaluate_condition(
-    model, tokenizer, test_records: Sequence[Record], max_length: int = 256, batch_size: int = 16,
+    model, tokenizer, test_records: Sequence[Record], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 16,
     template: str = "alpaca", mcq: bool = True, console=None, prefix_start: int | None = None,
     probe: Sequence[dict] | None = None,
 ) -> dict:

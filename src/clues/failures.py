@@ -2,7 +2,7 @@
 
 An exception raised inside a silo may quote private data: a record id ("1 records have no label
 (e.g. 'r17')"), a line of a record file, a value. Its text must not reach the server. So every
-transport (the in-process :class:`~clues.channel.LocalChannel`, the Flower ClientApp) turns a
+transport (the in-process :class:`~clues.server.fleet.LocalFleet`, the Flower ClientApp) turns a
 failure into an ``error`` :class:`~clues.protocol.Message` on the silo's side, before anything
 crosses: the exception's class name, the request kind and a public reason, that is
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from clues.errors import CluesError
-
 _MODELS: dict[tuple, tuple] = {}
 
 
@@ -53,19 +51,3 @@ def adapter_state(model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in get_peft_model_state_dict(model).items()}
-
-
-def load_adapter_state(model, tensors: dict[str, torch.Tensor]) -> None:
-    """Overwrite the adapter's weights; a missing or unexpected tensor is an error, never a partial load."""
-    from peft import set_peft_model_state_dict
-
-    if not tensors:
-        raise CluesError("no adapter tensors in the message")
-    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
-    result = set_peft_model_state_dict(model, {k: v.to(dtype) for k, v in tensors.items()})
-    missing = [k for k in result.missing_keys if ".lora_" in k]
-    if missing or result.unexpected_keys:
-        raise CluesError(
-            "the global adapter does not match this model's LoRA settings "
-            f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(result.unexpected_keys[:3]) or '-'})"
-        )

@@ -77,8 +77,6 @@ class BoundaryLog:
     def __init__(self, path: str | Path | None = None, tap: Tap | None = None):
         self.path = Path(path) if path else None
         self.tap = tap
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def crossed(self, silo: str, direction: str, message: Message, blob: bytes, round: int | None = None,
                 **extra) -> None:
@@ -97,5 +95,6 @@ class BoundaryLog:
             "bytes": len(blob),
             **extra,
         }
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # at the first crossing: bad input leaves no folder
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")

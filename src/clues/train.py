@@ -43,7 +43,7 @@ import torch
 from clues import checkpoint as ckpt
 from clues.data.batching import pad_batch
 from clues.data.records import Record
-from clues.data.template import TEMPLATES, encode_all
+from clues.data.template import DEFAULT_MAX_LENGTH, TEMPLATES, encode_all
 from clues.errors import CluesError
 from clues.fieldcheck import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, check_fields
 from clues.loss import batch_record_losses
@@ -94,7 +94,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] | None = None
     lora_layers: int | None = None
-    max_length: int = 256
+    max_length: int = DEFAULT_MAX_LENGTH
     save_every: int | None = None
     seed: int = 0
     template: str = "alpaca"
@@ -230,19 +230,7 @@ def _check_resumable(meta: dict, config: TrainConfig, base_model: str, fingerpri
 def _restore(model, optimizer, last: Path, step: int) -> None:
     """Adapter weights, AdamW moments and step counts, and the RNG state of checkpoint ``last``."""
     ckpt.load_adapter(model, last)
-    moments = ckpt.load_moments(last)
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if name not in moments:
-            raise CluesError(f"{last}: no optimizer moments for {name}")
-        exp_avg, exp_avg_sq = moments[name]
-        # Every LoRA parameter gets a gradient at every step, so its AdamW step count is the global step.
-        optimizer.state[param] = {
-            "step": torch.tensor(float(step)),
-            "exp_avg": exp_avg.to(param.device, param.dtype),
-            "exp_avg_sq": exp_avg_sq.to(param.device, param.dtype),
-        }
+    ckpt.restore_moments(model, optimizer, ckpt.load_moments(last), step, last)
     torch.set_rng_state(ckpt.load_rng_state(last))
 
 

@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from clues.data.template import DEFAULT_MAX_LENGTH
 from clues.data.records import Record
 from clues.baselines.fusion import FUSIONS, fused_scores
 from clues.errors import CluesError
@@ -67,7 +68,7 @@ class ScoringInputs:
     validation: Sequence[Record]
     settings: ScoreSettings = ScoreSettings()
     run_dir: Path | None = None
-    max_length: int = 256
+    max_length: int = DEFAULT_MAX_LENGTH
     template: str = "alpaca"
     seed: int = 0
     console: object = None

@@ -36,7 +36,7 @@ from typing import Mapping, Sequence
 import torch
 
 from clues.data.records import Record
-from clues.data.template import IGNORE_INDEX, encode_all
+from clues.data.template import IGNORE_INDEX, encode_all, padding_id
 from clues.evaluate import encoded_losses, record_losses
 
 # The score of a record whose response alone has zero loss (IFD undefined): that of IFD = 1, the
@@ -72,7 +72,7 @@ def _response_alone_losses(model, tokenizer, records: Sequence[Record], inputs) 
         return []
     encodings, _ = encode_all(records, tokenizer, inputs.max_length, inputs.template)
     start = start_token(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     return encoded_losses(model, [response_alone(e, start) for e in encodings], pad_id, inputs.settings.batch_size)
 
 

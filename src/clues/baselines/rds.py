@@ -26,7 +26,7 @@ import torch
 
 from clues.data.batching import length_sorted_batches, pad_batch
 from clues.data.records import Record
-from clues.data.template import encode_all
+from clues.data.template import encode_all, padding_id
 from clues.errors import CluesError
 from clues.evaluate import domain_of
 
@@ -47,7 +47,7 @@ def embed(model, tokenizer, records: Sequence[Record], max_length: int, batch_si
           console=None) -> torch.Tensor:
     """Unit embeddings ``[len(records), hidden]`` (float64, on the CPU) of records, in input order."""
     encodings, _ = encode_all(records, tokenizer, max_length, template, console=console)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     device = next(model.parameters()).device
     rows: list[torch.Tensor | None] = [None] * len(encodings)
     with torch.no_grad():

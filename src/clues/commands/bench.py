@@ -51,15 +51,15 @@ def _run(values: dict, methods: list[str], match_count: bool, flags: dict, sourc
 
 def _federated(values: dict) -> dict:
     """The same comparison with FedAvg instead of merging (`clues federate`'s defaults, its [federated] table)."""
-    from clues.flower.simulation import run_federated_simulation
-    from clues.commands.federate import FEDERATED_SCORE_DEFAULTS, fed_settings
-    from clues.config import make_config
+    from clues.commands.federate import FEDERATED_SCORE_DEFAULTS
+    from clues.config import fed_settings, make_config
+    from clues.flower.simulation import simulate
     from clues.report import print_summary
 
     fed = fed_settings(values.pop("federated", {}) or {})
     values["score"] = {**FEDERATED_SCORE_DEFAULTS, **values.get("score", {})}
     config = make_config(values)
-    results = run_federated_simulation(config, fed, console)
+    results = simulate(config, fed, console)
     print_summary(results, console)
     console.print(f"\nresults: {Path(config.out) / 'results.json'}  report: {Path(config.out) / 'report.html'}")
     return results

@@ -1,8 +1,11 @@
-"""`clues federate`: federated CLUES on Flower's simulation engine (one SuperNode per silo).
+"""`clues federate`: federated CLUES, on Flower's simulation engine by default (one SuperNode per silo).
 
 Same data flags and config file as `clues run`; the config file may add a ``[federated]`` table
 (``rounds``, ``local_steps``, ``score_rounds``, ``fraction_train``, ``round_timeout``, ``seed``),
-and the flags below override it.
+and the flags below override it. ``--engine deployment`` runs the same job on Flower's deployment
+engine on this machine (a SuperLink and one SuperNode per silo, TLS and SuperNode authentication by
+default: :mod:`clues.flower.deployment`); ``--fleet local`` runs it with the silos in this process.
+A rerun into the same ``--out`` skips the stages that finished (``OUT/.stages``).
 """
 
 from __future__ import annotations
@@ -38,18 +41,29 @@ def federate(
     fraction_train: Optional[float] = typer.Option(None, "--fraction-train", help="Share of silos sampled per round (default 1.0)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default clues-federated)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="results.json of a merging run (clues run/demo) on the same data: report both side by side."),
+    fleet: str = typer.Option("flower", "--fleet", help="flower (default) or local (the silos in this process, no Flower)."),
+    engine: str = typer.Option("simulation", "--engine", help="Flower engine: simulation (default) or deployment (a local SuperLink and one SuperNode per silo)."),
+    timeout: float = typer.Option(900.0, "--timeout", help="--engine deployment: seconds for the whole run."),
+    certs: Optional[Path] = typer.Option(None, "--certs", help="--engine deployment: folder with ca.pem, server.pem, server.key for TLS "
+                                         "(default: self-signed ones made for this run; `clues certs` makes a set)."),
+    insecure: bool = typer.Option(False, "--insecure", help="--engine deployment: plaintext and no SuperNode authentication (trusted networks only)."),
 ) -> None:
     """Warm-up FedAvg with scoring at the global model -> threshold -> selection -> FedAvg on kept data."""
-    from clues.flower.simulation import run_federated_simulation
     from clues.report import print_summary
 
+    if fleet not in ("flower", "local"):
+        raise CluesError(f"--fleet {fleet!r}: choose flower or local")
+    if engine not in ("simulation", "deployment"):
+        raise CluesError(f"--engine {engine!r}: choose simulation or deployment")
+    if fleet == "local" and engine != "simulation":
+        raise CluesError("--engine is Flower's: it does not go with --fleet local")
     config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                                   rounds, local_steps, score_rounds, fraction_train, out)
-    results = run_federated_simulation(config, fed, console)
+    results = run_federated(config, fed, fleet, engine, timeout=timeout, certs=certs, insecure=insecure)
     if compare is not None:
         import json
 
-        from clues.federated import add_comparison, write_outputs
+        from clues.server.results import add_comparison, write_outputs
 
         try:
             merging = json.loads(compare.read_text(encoding="utf-8"))
@@ -61,10 +75,26 @@ def federate(
     console.print(f"\nresults: {Path(config.out) / 'results.json'}  report: {Path(config.out) / 'report.html'}")
 
 
+def run_federated(config, fed, fleet: str = "flower", engine: str = "simulation", **deployment) -> dict:
+    """The federated job on the chosen fleet; ``deployment``: ``timeout``, ``certs``, ``insecure`` of the deployment engine."""
+    if fleet == "local":
+        from clues.server.federated import FederatedServer
+        from clues.server.fleet import open_local_fleet
+
+        return FederatedServer(config, fed, open_local_fleet(config, console), console).run()
+    if engine == "deployment":
+        from clues.flower.deployment import deploy
+
+        return deploy(config, fed, say=lambda text: console.print(text, markup=False, highlight=False), **deployment)
+    from clues.flower.simulation import simulate
+
+    return simulate(config, fed, console)
+
+
 def federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                     rounds, local_steps, score_rounds, fraction_train, out):
-    """``(RunConfig, FedSettings)`` from the config file and the flags (shared with the deploy tool)."""
-    from clues.config import make_config
+    """``(RunConfig, FedSettings)`` from the config file and the flags."""
+    from clues.config import fed_settings, make_config
 
     values = config_values(
         config_file, silo,
@@ -83,19 +113,6 @@ def federate_values(config_file, silo, validation, anchor, test, labels, model, 
         if value is not None:
             fed_values[key] = value
     return make_config(values), fed_settings(fed_values)
-
-
-def fed_settings(fed_values: dict):
-    """:class:`FedSettings` from a ``[federated]`` table (TOML lists become tuples); unknown keys name the table."""
-    from clues.federated import FedSettings
-
-    fed_values = dict(fed_values)
-    if isinstance(fed_values.get("score_rounds"), list):  # anything else is refused by FedSettings' type check
-        fed_values["score_rounds"] = tuple(fed_values["score_rounds"])
-    try:
-        return FedSettings(**fed_values)
-    except (TypeError, CluesError) as exc:
-        raise CluesError(f"[federated]: {exc}") from None
 
 
 def certs(

@@ -54,13 +54,25 @@ def config_values(config_file: Path | None, silos: list[str], flat: dict, sectio
     return values
 
 
-def _execute(values: dict) -> dict:
+FLEETS = ("local", "flower")
+
+
+def _execute(values: dict, fleet: str = "local") -> dict:
     from clues.config import make_config
-    from clues.pipeline import Server
     from clues.report import print_summary
 
+    if fleet not in FLEETS:
+        raise CluesError(f"--fleet {fleet!r}: choose {' or '.join(FLEETS)}")
     config = make_config(values)
-    results = Server(config, console).run()
+    if fleet == "flower":
+        from clues.flower.simulation import simulate
+
+        results = simulate(config, None, console)
+    else:
+        from clues.server.fleet import open_local_fleet
+        from clues.server.merging import MergingServer
+
+        results = MergingServer(config, open_local_fleet(config, console), console).run()
     print_summary(results, console)
     console.print(f"\nresults: {Path(config.out) / 'results.json'}  report: {Path(config.out) / 'report.html'}")
     return results
@@ -82,6 +94,7 @@ def run(
     threshold: Optional[str] = typer.Option(None, "--threshold", help="conformal:0.1 (default: the k-th lowest own-domain anchor, expected clean recall >= 90%), mean (the paper) or quantile:q of the anchor scores."),
     threshold_mode: Optional[str] = typer.Option(None, "--threshold-mode", help="per-silo (default: each silo from its own anchor scores) or global (one tau from all, the paper)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default clues-run). Rerun to resume."),
+    fleet: str = typer.Option("local", "--fleet", help="local (silos in this process, default) or flower (Flower's simulation engine, one SuperNode per silo)."),
 ) -> None:
     """Warm-up training -> scoring -> threshold -> selection -> retraining -> merge -> evaluation -> report."""
     values = config_values(
@@ -94,7 +107,7 @@ def run(
             "merge": {"method": merge, "space": merge_space},
         },
     )
-    _execute(values)
+    _execute(values, fleet)
 
 
 # The demo selects with the fused score (CLUES' gradient alignment, the base model's perplexity and

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from clues.data.template import DEFAULT_MAX_LENGTH
 from clues.errors import CluesError
 
 console = Console()
@@ -28,7 +29,7 @@ def train(
     lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
     lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names (default: q and v projections)."),
     lora_layers: Optional[int] = typer.Option(None, "--lora-layers", help="Adapt only the top N decoder layers (default: all); the frozen ones run once per record."),
-    max_length: int = typer.Option(256, "--max-length", help="Tokens per record; longer ones are truncated (reported)."),
+    max_length: int = typer.Option(DEFAULT_MAX_LENGTH, "--max-length", help="Tokens per record; longer ones are truncated (reported)."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N optimizer steps (default: every epoch)."),
     seed: int = typer.Option(0, "--seed"),
     template: str = typer.Option("alpaca", "--template", help="Prompt template: alpaca or chat (the tokenizer's)."),

@@ -29,6 +29,8 @@ ALPACA_NO_INPUT = (
 )
 
 TEMPLATES = ("alpaca", "chat")
+# Tokens per record everywhere a caller does not say (training, scoring, baselines, evaluation).
+DEFAULT_MAX_LENGTH = 256
 
 # When the prompt must be cut, keep its last tokens: they hold the "### Response:" marker (or the
 # chat template's assistant header) that tells the model an answer starts here.
@@ -134,3 +136,12 @@ def encode_all(records, tokenizer, max_length: int, template: str = "alpaca", co
     if console is not None and (report.prompt or report.response):
         console.print(f"[yellow]truncation (max_length={max_length}): {report.summary()}[/yellow]")
     return encodings, report
+
+
+def padding_id(tokenizer) -> int:
+    """The id right padding uses: the tokenizer's pad token, else its end-of-sequence token.
+
+    Which one never matters for a result (padding is masked out of every loss), only that it is a
+    valid id.
+    """
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -43,8 +43,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _name(common_name: str):
-    from cryptography.x509.oid import NameOID
     from cryptography import x509
+    from cryptography.x509.oid import NameOID
 
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "clues trial federation"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

@@ -30,9 +30,9 @@ from typing import Mapping, Sequence
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clues.flower.records import from_records, to_records
 from clues.errors import CluesError
 from clues.failures import failure_reply
+from clues.flower.records import from_records, to_records
 from clues.names import check_silo_name
 
 

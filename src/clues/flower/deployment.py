@@ -1,4 +1,4 @@
-"""Federated CLUES on Flower's deployment engine, on this machine: ``python -m clues.flower.deployment``.
+"""Federated CLUES on Flower's deployment engine, on this machine: ``clues federate --engine deployment``.
 
 What an operator would do by hand on several machines (docs/federated.md), done on 127.0.0.1:
 
@@ -19,7 +19,8 @@ What an operator would do by hand on several machines (docs/federated.md), done 
    subprocesses go too), also on error or Ctrl-C.
 
 Every wait has a timeout; ports are picked free at start so two runs never collide; logs of each
-process land in ``OUT/logs/``. Same flags as ``clues federate`` (and ``--timeout`` for the whole run).
+process land in ``OUT/logs/``. ``kill PID`` of the command stops what it started too (SIGTERM
+becomes an exit, so the cleanup runs). The command line is `clues federate`'s; this module has none.
 """
 
 from __future__ import annotations
@@ -287,6 +288,7 @@ def deploy(config, fed, timeout: float = 900.0, say=print, certs: Path | None = 
     write_flower_config(home, port, security)
     procs = Processes(out / "logs", env)
     deadline = time.monotonic() + timeout
+    previous = _exit_on_sigterm()
     try:
         link = procs.start("superlink", superlink_argv(port, out / "superlink.db", security))
         _wait_port(port, link, 60, "flower-superlink")
@@ -317,50 +319,18 @@ def deploy(config, fed, timeout: float = 900.0, say=print, certs: Path | None = 
         return json.loads(results.read_text(encoding="utf-8"))
     finally:
         procs.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import typer
+def _exit_on_sigterm():
+    """`kill PID` of this process still stops what it started (the ``finally`` runs); returns the old handler."""
+    import threading
 
-    from clues.commands.federate import federate_values
+    if threading.current_thread() is not threading.main_thread():
+        return None
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.command()
-    def run(
-        config_file: Path = typer.Option(None, "--config"),
-        silo: list[str] = typer.Option([], "--silo"),
-        validation: Path = typer.Option(None, "--validation"),
-        anchor: Path = typer.Option(None, "--anchor"),
-        test: Path = typer.Option(None, "--test"),
-        labels: Path = typer.Option(None, "--labels"),
-        model: str = typer.Option(None, "--model"),
-        rounds: int = typer.Option(None, "--rounds"),
-        local_steps: int = typer.Option(None, "--local-steps"),
-        score_rounds: str = typer.Option(None, "--score-rounds"),
-        fraction_train: float = typer.Option(None, "--fraction-train"),
-        out: Path = typer.Option(None, "--out"),
-        timeout: float = typer.Option(900.0, "--timeout", help="Seconds for the whole run."),
-        certs: Path = typer.Option(None, "--certs", help="Folder with ca.pem, server.pem, server.key for TLS "
-                                   "(default: self-signed ones made for this run; `clues certs` makes a set)."),
-        insecure: bool = typer.Option(False, "--insecure", help="Plaintext and no SuperNode authentication: trusted networks only."),
-    ) -> None:
-        """Federated CLUES on a local SuperLink + one SuperNode per silo (deployment engine)."""
-        config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, None, None, None,
-                                      rounds, local_steps, score_rounds, fraction_train, out)
-        results = deploy(config, fed, timeout, certs=certs, insecure=insecure)
-        print(json.dumps({c: e.get("mean_test_loss") for c, e in results["conditions"].items()}, indent=2))
-
-    def stop_on_sigterm(signum, frame):  # `kill PID` of this tool still stops what it started (finally)
+    def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    try:
-        app(argv, standalone_mode=False)
-    except CluesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
+    return signal.signal(signal.SIGTERM, stop)

@@ -1,7 +1,9 @@
-"""`clues federate`: federated CLUES on Flower's simulation engine, one virtual SuperNode per silo.
+"""A clues run on Flower's simulation engine, one virtual SuperNode per silo.
 
-The silos run as ClientApps in Ray actors (one CPU each, no GPU: small enough for a laptop), the
-server in this process. Silo work folders are ``OUT/silos/<name>``, as in merging mode.
+``clues federate`` (federated mode) and ``clues run --fleet flower`` (merging mode) run here: the
+silos as ClientApps in Ray actors (one CPU each, no GPU: small enough for a laptop), the server in
+this process. Silo work folders are ``OUT/silos/<name>``, as with in-process silos, so both fleets
+leave the same files.
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ def backend_config(cpus_per_silo: float = 1.0) -> dict:
     }
 
 
-def run_federated_simulation(config, fed, console: Console | None = None, tap=None,
-                             faults: Mapping[str, Sequence[int]] | None = None) -> dict:
-    """Run every federated condition; return the results written to ``OUT/results.json``."""
+def simulate(config, fed=None, console: Console | None = None, tap=None,
+             faults: Mapping[str, Sequence[int]] | None = None) -> dict:
+    """Run the job (federated with ``fed``, merging mode without); return the results written to ``OUT/results.json``."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
 
+    from clues.data import load_many
     from clues.flower.client_app import SiloSpec, make_client_app
     from clues.flower.server_app import make_server_app
-    from clues.data import load_many
 
     load_many(config.silos.values())  # every problem with the silo files reported before anything starts
     out = Path(config.out)
@@ -43,5 +45,5 @@ def run_federated_simulation(config, fed, console: Console | None = None, tap=No
     if "error" in holder:
         raise holder["error"]
     if "results" not in holder:
-        raise CluesError("the federated simulation ended without results (see the Flower log above)")
+        raise CluesError("the Flower simulation ended without results (see the Flower log above)")
     return holder["results"]

@@ -6,7 +6,13 @@ or on the exact weight changes. The merging server (:mod:`clues.server.merging`)
 condition; nothing here knows about silos, messages or Flower.
 """
 
-from clues.merge.adapters import SPACES, check_compatible, load_adapter, merge_adapters, merge_lora_state_dicts
+from clues.merge.adapters import (
+    SPACES,
+    check_compatible,
+    load_adapter,
+    merge_adapters,
+    merge_lora_state_dicts,
+)
 from clues.merge.ops import METHODS, combine
 
 __all__ = [

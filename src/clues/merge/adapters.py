@@ -47,9 +47,9 @@ from typing import Sequence
 
 import torch
 
-from clues.merge.ops import METHODS, combine
 from clues.errors import CluesError
 from clues.io import write_json
+from clues.merge.ops import METHODS, combine
 
 SPACES = ("factor", "delta")
 CONFIG_FILE = "adapter_config.json"

@@ -24,7 +24,7 @@ import torch
 from clues import checkpoint as ckpt
 from clues.data.batching import length_sorted_batches, pad_batch
 from clues.data.records import Record
-from clues.data.template import encode
+from clues.data.template import encode, padding_id
 from clues.errors import CluesError
 from clues.fieldcheck import AT_LEAST_1, NON_NEGATIVE, check_fields
 from clues.loss import batch_record_losses
@@ -312,7 +312,7 @@ def open_run(
     base = base_model or first_meta.get("base_model") or "?"
     config = first_meta.get("config") or {}
     max_length, template = int(config.get("max_length", 256)), config.get("template", "alpaca")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     scorer = Scorer.for_model(model, pad_id, settings.params, settings.batch_size)
     val_enc = compact_encodings(validation, tokenizer, max_length, template)
     set_enc = {name: compact_encodings(records, tokenizer, max_length, template) for name, records in record_sets.items()}

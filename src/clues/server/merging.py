@@ -1,6 +1,6 @@
 """`clues run`: the whole method on a consortium, from the server's side of the boundary.
 
-Stages, each resumable (:mod:`clues.stages`):
+Stages, each resumable (:mod:`clues.server.stages`):
 
 1. every silo trains a LoRA adapter on all its records (the ``mixed`` condition; its checkpoints
    are also CLUES' warm-up run, as in the paper);
@@ -10,12 +10,13 @@ Stages, each resumable (:mod:`clues.stages`):
 4. every silo keeps its records with score >= tau and reports counts;
 5. every silo retrains from the base model on its kept records (``clues``), and on its clean records
    (``oracle``, benchmarks with labels only);
-6. per condition the server merges the silos' adapters (TIES by default) and evaluates the merged
-   model on the public test set, per domain;
+6. per condition the server merges the silos' adapters (TIES by default, :mod:`clues.merge`) and
+   evaluates the merged model on the public test set, per domain;
 7. results.json and the report.
 
-The server holds only public data (validation, anchor, test) and what the silos send; silos are
-reached through :class:`~clues.channel.LocalChannel`, which moves serialized messages only.
+The server holds only public data (validation, anchor, test) and what the silos send; it reaches
+them through a :class:`~clues.server.fleet.Fleet` (in-process silos, or Flower's Grid with
+``--fleet flower``), which moves serialized messages only.
 """
 
 from __future__ import annotations
@@ -28,30 +29,17 @@ from rich.console import Console
 
 from clues import protocol
 from clues.baselines import METHODS
-from clues.channel import LocalChannel
 from clues.config import RunConfig
-from clues.data import load_many, load_records, record_to_json
+from clues.data import load_records, record_to_json
 from clues.errors import CluesError
-from clues.protocol import BoundaryLog, Message
 from clues.evaluate import load_probe
+from clues.protocol import Message
 from clues.select import own_domain_anchors, silo_thresholds
-from clues.silo import Silo
-from clues.stages import Stages, file_digest
+from clues.server.fleet import Fleet
+from clues.server.results import public_scores, save_adapter, subset_of, write_outputs
+from clues.server.stages import Stages, file_digest
 
 PUBLIC_SETS = ("validation", "anchor", "test")
-SUBSET_OF = {"mixed": "all", "oracle": "clean"}  # every selection method trains on "kept:<method>"
-
-
-def subset_of(condition: str) -> str:
-    return SUBSET_OF.get(condition, f"kept:{condition}")
-
-
-def _labels(path: str | None) -> dict[str, dict] | None:
-    if not path:
-        return None
-    from clues.metrics import load_labels
-
-    return load_labels(path)
 
 
 def overlap_request(validation, anchor, test) -> Message:
@@ -71,11 +59,12 @@ def warn_overlap(console, counts: dict[str, dict[str, int]]) -> None:
                           "silo, or scores, the threshold and the test loss are biased[/yellow]", soft_wrap=True)
 
 
-class Server:
-    """Orchestrates one run; knows the silos only by their channels."""
+class MergingServer:
+    """Orchestrates one merging-mode run over ``fleet``; knows the silos only by name."""
 
-    def __init__(self, config: RunConfig, console: Console | None = None):
+    def __init__(self, config: RunConfig, fleet: Fleet, console: Console | None = None):
         self.config = config
+        self.fleet = fleet
         self.console = console or Console()
         self.out = Path(config.out)
         # Every input is validated before anything is written: bad input leaves no half-made run folder.
@@ -83,46 +72,20 @@ class Server:
         self.anchor = load_records(config.anchor)
         self.test = load_records(config.test)
         self.probe = load_probe(config.probe, self.test) if config.probe else None
-        # ids unique across silos; every problem of every file reported at once
-        silo_records = load_many(config.silos.values())
-        by_silo = {name: [r for r in silo_records if r.file == str(path)] for name, path in config.silos.items()}
-        silo_labels, silo_corruptions = self._silo_labels(by_silo)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.stages = Stages(self.out, self.console)
-        self.public_key = {name: file_digest(getattr(config, name)) for name in ("validation", "anchor", "test")}
+        absent = [name for name in config.silos if name not in fleet.silos()]
+        if absent:
+            raise CluesError(f"silo {absent[0]!r} is not in the fleet (it has {', '.join(fleet.silos()) or 'no silo'})")
+        self.silos = list(config.silos)  # the config's order, whatever the transport's: the merge is order-sensitive
+        self.silo_digest = {name: file_digest(path) for name, path in config.silos.items()}
+        self.public_key = {name: file_digest(getattr(config, name)) for name in PUBLIC_SETS}
         if config.probe:
             self.public_key["probe"] = file_digest(config.probe)
-        self.channels = self._open_silos(by_silo, silo_labels, silo_corruptions)
-
-    def _silo_labels(self, by_silo: dict) -> tuple[dict, dict]:
-        """Each silo's labels (simulation with known pollution), every record covered, and the
-        corruption type of each record (None when clean or not given); None per silo without labels."""
-        labels = _labels(self.config.labels)
-        if labels is None:
-            return dict.fromkeys(by_silo), dict.fromkeys(by_silo)
-        found, kinds = {}, {}
-        for name, records in by_silo.items():
-            missing = [r.id for r in records if r.id not in labels]
-            if missing:
-                raise CluesError(f"{self.config.labels}: no label for record {missing[0]!r} of silo {name!r}")
-            found[name] = {r.id: bool(labels[r.id]["clean"]) for r in records}
-            kinds[name] = {r.id: labels[r.id].get("corruption") for r in records}
-        return found, kinds
-
-    # -- silos (simulation: they live in this process, behind the channel) ---------------------------
-    def _open_silos(self, by_silo: dict, silo_labels: dict, silo_corruptions: dict) -> dict[str, LocalChannel]:
-        log = BoundaryLog(self.out / "boundary_log.jsonl")
-        channels = {}
-        self.silo_digest = {}
-        for name, path in self.config.silos.items():
-            silo = Silo(name, by_silo[name], self.out / "silos" / name, silo_labels[name], console=self.console,
-                        corruptions=silo_corruptions[name])
-            channels[name] = LocalChannel(silo, log)
-            self.silo_digest[name] = file_digest(path)
-        return channels
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stages = Stages(self.out, self.console)
+        self.selection: dict[str, dict] = {}  # per method, per silo: what each kept
 
     def _ask(self, silo: str, kind: str, meta: dict) -> Message:
-        return self.channels[silo].request(Message(kind, meta))
+        return self.fleet.request(silo, Message(kind, meta))
 
     def check_overlap(self) -> dict[str, dict[str, int]]:
         """Warn when a silo holds records of a public set; asked once, the counts kept as a stage result."""
@@ -130,7 +93,7 @@ class Server:
         counts = {
             name: self.stages.run(f"overlap-{name}", {"silo": self.silo_digest[name], "public": self.public_key},
                                   lambda name=name: self._ask(name, request.kind, request.meta).meta["public_overlap"])
-            for name in self.channels
+            for name in self.silos
         }
         warn_overlap(self.console, counts)
         return counts
@@ -140,7 +103,7 @@ class Server:
         """Every silo trains on its subset for ``condition``; adapters land in server/adapters/<condition>/."""
         config = self.config.train.to_dict()
         results = {}
-        for name in self.channels:
+        for name in self.silos:
             request = {"tag": condition, "subset": subset_of(condition), "config": config}
             if self.config.equal_steps and condition != "mixed":
                 request["steps_of"] = "all"
@@ -152,29 +115,19 @@ class Server:
                 self.console.rule(f"[bold]{condition}[/bold]: training silo {name}")
                 reply = self._ask(name, protocol.TRAIN, request)
                 if reply.tensors:
-                    self._save_adapter(condition, name, reply)
+                    save_adapter(self.out / "server" / "adapters" / condition / name, reply.tensors,
+                                 reply.meta["adapter_config"])
                 return reply.meta
 
             results[name] = self.stages.run(f"train-{condition}-{name}", key, work)
         return results
-
-    def _save_adapter(self, condition: str, silo: str, reply: Message) -> Path:
-        from safetensors.torch import save_file
-
-        from clues.checkpoint import write_adapter_config
-
-        folder = self.out / "server" / "adapters" / condition / silo
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(reply.tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-        write_adapter_config(folder, reply.meta["adapter_config"])
-        return folder
 
     def score(self, method: str = "clues") -> dict:
         """Every silo scores its records and the public anchors with ``method``; replies hold anchor scores and summaries."""
         settings = json.loads(json.dumps(self.config.score.__dict__, default=list))
         train = self.config.train.to_dict()
         results = {}
-        for name in self.channels:
+        for name in self.silos:
             key = {"silo": self.silo_digest[name], "train": train, "score": settings, "public": self.public_key,
                    "method": method}
 
@@ -194,28 +147,28 @@ class Server:
         taus = silo_thresholds({n: own_domain_anchors(s, self.anchor) for n, s in scores.items()},
                                self.config.select.policy, self.config.select.mode)
         results = {}
-        for name in self.channels:
+        for name in self.silos:
             request = {"method": method}
             if match:
-                request["count"] = self._selection["clues"][name]["kept"]
+                request["count"] = self.selection["clues"][name]["kept"]
             else:
                 request["tau"] = taus[name]
             key = {**request, "scores": scores[name]["summary"], "silo": self.silo_digest[name]}
             results[name] = self.stages.run(
                 f"select-{method}-{name}", key, lambda name=name, request=request: self._ask(name, protocol.SELECT, request).meta
             )
-        self._selection[method] = results
+        self.selection[method] = results
         return results
 
     def _selection_key(self, method: str, silo: str) -> dict:
-        chosen = self._selection[method][silo]
+        chosen = self.selection[method][silo]
         return {"tau": chosen.get("tau"), "count": chosen.get("count"), "kept": chosen["kept"]}
 
     def merge(self, condition: str, trained: dict) -> Path | None:
         from clues.merge import merge_adapters
 
         merge = self.config.merge
-        silos = [n for n in self.channels if (self.out / "server" / "adapters" / condition / n).exists()
+        silos = [n for n in self.silos if (self.out / "server" / "adapters" / condition / n).exists()
                  and trained[n].get("records", 0) > 0]
         if not silos:
             return None
@@ -263,7 +216,7 @@ class Server:
         started = time.perf_counter()
         conditions = self.config.conditions
         trained, scores = {}, {}
-        self._selection = {}
+        self.selection.clear()
         self.check_overlap()
         if "mixed" in conditions:
             trained["mixed"] = self.train_condition("mixed")
@@ -282,24 +235,13 @@ class Server:
         add_oracle_gain(evaluated)
         results = {
             "conditions": evaluated,
-            "selection": self._selection,
-            "scores": {m: {n: {k: s[k] for k in ("summary", "histogram", "checkpoints", "etas", "auroc", "roc", "by_corruption") if k in s}
-                           for n, s in per_silo.items()} for m, per_silo in scores.items()},
-            "scoring_seconds": {m: round(sum(self.stages.timing.get(f"score-{m}-{n}", 0.0) for n in self.channels), 3)
+            "selection": dict(self.selection),
+            "scores": {m: public_scores(per_silo) for m, per_silo in scores.items()},
+            "scoring_seconds": {m: round(sum(self.stages.timing.get(f"score-{m}-{n}", 0.0) for n in self.silos), 3)
                                 for m in scores},
             "training": trained,
             "timing": {**self.stages.timing, "total": round(time.perf_counter() - started, 3)},
             "config": self.config.to_dict(),
         }
-        self._report(results)
+        write_outputs(results, self.out)
         return results
-
-    def _report(self, results: dict) -> None:
-        from clues.report import write_results
-
-        clues_scores = results["scores"].get("clues")
-        score_data = {
-            name: {"histogram": s["histogram"], "tau": results["selection"]["clues"][name]["tau"]}
-            for name, s in clues_scores.items()
-        } if clues_scores else None
-        write_results(results, self.out, score_data)

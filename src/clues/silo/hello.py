@@ -1,0 +1,21 @@
+"""``hello``: the silo's name and record count, so the server can address and weigh it.
+
+With ``public`` sets in the request, how many own records share an id or the content with each
+(a count only: which records they are stays in the silo).
+"""
+
+from __future__ import annotations
+
+from clues import protocol
+from clues.data.records import record_from_dict, shared_count
+from clues.protocol import Message
+
+
+def answer(silo, message: Message) -> Message:
+    reply = {"silo": silo.name, "records": len(silo.records), "labelled": silo.labels is not None}
+    if message.meta.get("public"):
+        reply["public_overlap"] = {
+            name: shared_count(silo.records, (record_from_dict(r, name, n) for n, r in enumerate(rows, 1)))
+            for name, rows in message.meta["public"].items()
+        }
+    return Message(protocol.INFO, reply)
