@@ -18,9 +18,9 @@ from clues import protocol
 from clues.baselines import METHODS
 from clues.cli import app
 from clues.config import make_config
+from clues.data import load_records
 from clues.io import read_jsonl
 from clues.metrics import roc_auc, roc_curve
-from clues.data import load_records
 from clues.select import own_domain_anchors, select_top, threshold
 from clues.server.fleet import open_local_fleet
 from clues.server.merging import MergingServer

@@ -16,10 +16,9 @@ import torch
 from rich.console import Console
 
 from clues import protocol
-from clues.config import make_config
-from clues.config import FedSettings
-from clues.server.federated import fedavg
+from clues.config import FedSettings, make_config
 from clues.io import read_jsonl
+from clues.server.federated import fedavg
 
 pytest.importorskip("flwr")
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
@@ -262,13 +261,13 @@ def test_a_failing_silo_tells_the_server_its_name_and_counts_never_a_record(cons
     message stays in the silo's own log."""
     import io
 
+    from conftest import assert_nothing_private_crossed
     from flwr.supercore.task_identity import TaskIdentity
 
     import clues.flower.grid as grid
     from clues.flower.grid import GridFleet
     from clues.io import write_jsonl
     from clues.protocol import BoundaryLog
-    from conftest import assert_nothing_private_crossed
 
     silos, _, labels = consortium
     bank, clinic = read_jsonl(silos["bank"]), read_jsonl(silos["clinic"])
@@ -332,3 +331,86 @@ def test_adam_preconditioner_uses_each_silos_own_moments_and_pools_anchor_scores
     for name in silos:
         assert (out / "silos" / name / "federated" / "fl-mixed" / "optimizer.safetensors").exists()
         assert len(read_jsonl(out / "silos" / name / "scores.jsonl")[0]["per_checkpoint"]) == 2
+
+
+# -- merging mode over Flower; federated mode resumed after a kill ------------------------------------------
+
+
+def test_merging_mode_over_flower_gives_the_in_process_numbers(consortium, model_dir, tmp_path):
+    """`clues run --fleet flower`: the same silo code behind Flower's simulation engine, the same seed,
+    the same numbers (and the same merged adapters) as with the silos in this process."""
+    from clues.flower.simulation import simulate
+    from clues.server.fleet import open_local_fleet
+    from clues.server.merging import MergingServer
+
+    silos, public, labels = consortium
+
+    def config(out):
+        return make_config({"silos": silos, **public, "labels": labels, "model": str(model_dir), "out": str(out),
+                            "train": {"epochs": 1, "batch_size": 4, "max_length": 64}, "score": {"batch_size": 8},
+                            "eval_batch_size": 8})
+
+    here = config(tmp_path / "local")
+    local = MergingServer(here, open_local_fleet(here), Console(quiet=True)).run()
+    flower = simulate(config(tmp_path / "flower"), None, Console(quiet=True))
+    for key in ("conditions", "selection", "scores", "training"):
+        assert flower[key] == local[key], key
+    for condition in ("mixed", "clues", "oracle"):
+        merged = Path("server") / "merged" / condition / "adapter_model.safetensors"
+        assert (tmp_path / "flower" / merged).read_bytes() == (tmp_path / "local" / merged).read_bytes()
+    log = read_jsonl(tmp_path / "flower" / "boundary_log.jsonl")
+    assert {r["kind"] for r in log if r["direction"] == "silo->server"} == {
+        protocol.INFO, protocol.ADAPTER, protocol.SCORES, protocol.SELECTION}
+
+
+def test_federate_resumes_after_being_killed_mid_run(consortium, model_dir, tmp_path):
+    """`clues federate` killed (SIGKILL) after its warm-up condition: the rerun skips what finished,
+    reruns the interrupted condition from its first round, and ends with the numbers of a run that
+    was never interrupted."""
+    import subprocess
+    import sys
+    import time
+
+    from clues.config import fed_settings
+    from clues.server.federated import FederatedServer
+    from clues.server.fleet import open_local_fleet
+
+    silos, public, labels = consortium
+    toml = tmp_path / "fed.toml"
+    toml.write_text("\n".join([
+        *(f'{k} = "{v}"' for k, v in {**public, "labels": labels, "model": str(model_dir)}.items()),
+        "eval_batch_size = 8",
+        "[silos]", *(f'{k} = "{v}"' for k, v in silos.items()),
+        "[train]", "batch_size = 4", "max_length = 64",
+        "[score]", "batch_size = 8", 'precondition = "none"', "w_other = 1.0",
+        "[federated]", "rounds = 3", "local_steps = 2", "score_rounds = [1, 3]",
+    ]) + "\n")
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "clues.cli", "federate", "--config", str(toml), "--fleet", "local", "--out", str(out)]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    warmed, deadline = out / ".stages" / "fl-mixed.json", time.monotonic() + 400
+    while not warmed.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first.kill()
+    first.wait(timeout=60)
+    assert warmed.exists(), first.stderr.read().decode()[-2000:]
+    assert not (out / "results.json").exists()  # killed mid-run
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "fl-mixed: finished earlier, skipped" in again.stdout
+    resumed = json.loads((out / "results.json").read_text())
+
+    from clues.config import load_toml
+    from clues.config import make_config as build
+
+    values = load_toml(toml)
+    fed = fed_settings(values.pop("federated"))
+    straight = build({**values, "out": str(tmp_path / "straight")})
+    expected = FederatedServer(straight, fed, open_local_fleet(straight), Console(quiet=True)).run()
+    assert resumed["conditions"] == expected["conditions"]
+    assert resumed["selection"] == expected["selection"] and resumed["federated"]["tau"] == expected["federated"]["tau"]
+    assert resumed["federated"]["curves"] == expected["federated"]["curves"]
+    for condition in ("fl-mixed", "fl-clues", "fl-oracle"):
+        adapter = Path("server") / "adapters" / condition / "adapter_model.safetensors"
+        assert (out / adapter).read_bytes() == (tmp_path / "straight" / adapter).read_bytes()

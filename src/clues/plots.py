@@ -1,4 +1,5 @@
-"""The report's three PNG plots, drawn with matplotlib's Agg renderer.
+"""The report's PNG plots, drawn with matplotlib's Agg renderer: score histograms with tau, test loss
+per condition, kept vs clean share, federated per-round curves, ROC curves, and the pollution sweep.
 
 Figures are built from :class:`matplotlib.figure.Figure` directly, never through ``pyplot``: no global
 backend switch in the caller's process, no figure left open, and the same inputs give the same bytes

@@ -28,7 +28,7 @@ from clues.errors import CluesError
 TRAIN = "train"  # fine-tune a LoRA adapter on a subset of the silo's records
 SCORE = "score"  # score own records (and the public anchors) on the silo's own checkpoints
 SELECT = "select"  # keep the records with score >= tau
-# Federated mode (clues.silo.federated): the global model travels with every request.
+# Federated mode (clues.silo.fit, clues.silo.fed_score): the global model travels with every request.
 HELLO = "hello"  # who are you? (name and record count only)
 FIT = "fit"  # a few local optimizer steps from the global adapter; reply the updated adapter
 FED_SCORE = "fed-score"  # score own records at the global adapter along a validation direction, keep the sum here

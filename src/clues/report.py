@@ -1,4 +1,6 @@
-"""The run report: ``report.md``, a self-contained ``report.html`` and the PNG plots, from ``results.json``.
+"""The run report of both modes (merging and federated): ``results.json``, ``timing.json`` (the wall
+times, apart so the rest is reproducible), ``report.md``, a self-contained ``report.html`` and the PNG
+plots (:mod:`clues.plots`).
 
 Each table is built once as plain rows (:class:`Table`) and then rendered three ways (Markdown, HTML,
 a rich table on the terminal), so the three views can never disagree. The HTML embeds its plots as
