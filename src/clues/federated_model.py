@@ -31,7 +31,7 @@ def _build(config):
 
 
 def lora_model(config):
-    """``(peft_model, tokenizer)`` for a :class:`~clues.train.TrainConfig`, built once per process."""
+    """``(peft_model, tokenizer)`` for a :class:`~clues.config.TrainConfig`, built once per process."""
     key = _key(config)
     if key not in _MODELS:
         _MODELS[key] = _build(config)

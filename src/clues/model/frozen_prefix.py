@@ -95,7 +95,7 @@ def prefix_layer(model) -> int:
 def shared_prefix(model, config) -> int | None:
     """The layer whose input every condition of a run can share in evaluation: the first one its
     LoRA adapts (``config.lora_layers`` from the top), or None when LoRA adapts every layer or the
-    cache is off (``config`` is the run's :class:`clues.train.TrainConfig`)."""
+    cache is off (``config`` is the run's :class:`clues.config.TrainConfig`)."""
     parts = _parts(model)
     if not config.cache_frozen or config.lora_layers is None or parts is None:
         return None

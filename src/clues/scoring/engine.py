@@ -22,42 +22,19 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from clues import checkpoint as ckpt
+from clues.config import ScoreSettings  # the settings live with every other one
 from clues.data.batching import length_sorted_batches, pad_batch
 from clues.data.records import Record
 from clues.data.template import encode, padding_id
 from clues.errors import CluesError
-from clues.fieldcheck import AT_LEAST_1, NON_NEGATIVE, check_fields
 from clues.loss import batch_record_losses
 from clues.model.frozen_prefix import fill_prefix
 from clues.scoring.params import LoraBlock, select_blocks
 from clues.scoring.per_sample import per_record_gradients
-from clues.scoring.preconditioners import AdamHyper, check_kind, needs_moments, precondition
+from clues.scoring.preconditioners import AdamHyper, needs_moments, precondition
 from clues.scoring.projection import projected_direction
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """How to score. ``domains``: the silo's own domain(s) (weight 1 in the validation gradient);
-    ``None`` means the domains of the first record set passed to :func:`score_run` (the silo's data).
-    Other validation domains weigh ``w_other``."""
-
-    precondition: str = "adam"
-    params: str = "all"
-    project: int | None = None
-    seed: int = 0
-    batch_size: int = 8
-    w_other: float = 1.0
-    domains: tuple[str, ...] | None = None
-    device: str = "cpu"
-    # Run the layers below the first LoRA layer once per record, for all checkpoints (exact; see
-    # clues.model.frozen_prefix).
-    cache_frozen: bool = True
-
-    def __post_init__(self):
-        check_fields(self, {"batch_size": AT_LEAST_1, "project": AT_LEAST_1, "w_other": NON_NEGATIVE, "seed": NON_NEGATIVE})
-        check_kind(self.precondition)
 
 
 def validation_weights(validation: Sequence[Record], own_domains, w_other: float) -> list[float]:

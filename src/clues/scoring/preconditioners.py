@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from clues.config import PRECONDITIONERS, check_kind  # noqa: F401 (PRECONDITIONERS: re-exported)
 from clues.errors import CluesError
-
-PRECONDITIONERS = ("adam", "none", "sqrtv")
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,6 @@ def needs_moments(kind: str) -> bool:
     """``adam`` needs m and v, ``sqrtv`` needs v, ``none`` needs nothing."""
     check_kind(kind)
     return kind != "none"
-
-
-def check_kind(kind: str) -> None:
-    if kind not in PRECONDITIONERS:
-        raise CluesError(f"unknown preconditioner {kind!r}; choose one of {', '.join(PRECONDITIONERS)}")
 
 
 def precondition(
