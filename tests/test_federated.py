@@ -414,3 +414,16 @@ def test_federate_resumes_after_being_killed_mid_run(consortium, model_dir, tmp_
     for condition in ("fl-mixed", "fl-clues", "fl-oracle"):
         adapter = Path("server") / "adapters" / condition / "adapter_model.safetensors"
         assert (out / adapter).read_bytes() == (tmp_path / "straight" / adapter).read_bytes()
+
+
+def test_federate_flags_that_do_not_go_together_are_one_line_errors(clues_here):
+    base = ["federate", "--silo", "a=a.jsonl", "--validation", "v.jsonl", "--anchor", "a.jsonl", "--test", "t.jsonl"]
+    for extra, said in ((["--engine", "foo"], "--engine 'foo': choose simulation or deployment"),
+                        (["--fleet", "grid"], "--fleet 'grid': choose flower or local"),
+                        (["--fleet", "local", "--engine", "deployment"], "it does not go with --fleet local"),
+                        (["--insecure"], "are options of --engine deployment")):
+        code, text = clues_here(*base, *extra)
+        assert code == 1 and text.startswith("error: ") and said in text and "Traceback" not in text
+    code, text = clues_here("run", "--silo", "a=a.jsonl", "--validation", "v.jsonl", "--anchor", "a.jsonl",
+                            "--test", "t.jsonl", "--fleet", "grid")
+    assert code == 1 and "--fleet 'grid': choose local or flower" in text

@@ -43,7 +43,7 @@ def federate(
     compare: Optional[Path] = typer.Option(None, "--compare", help="results.json of a merging run (clues run/demo) on the same data: report both side by side."),
     fleet: str = typer.Option("flower", "--fleet", help="flower (default) or local (the silos in this process, no Flower)."),
     engine: str = typer.Option("simulation", "--engine", help="Flower engine: simulation (default) or deployment (a local SuperLink and one SuperNode per silo)."),
-    timeout: float = typer.Option(900.0, "--timeout", help="--engine deployment: seconds for the whole run."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="--engine deployment: seconds for the whole run (default 900)."),
     certs: Optional[Path] = typer.Option(None, "--certs", help="--engine deployment: folder with ca.pem, server.pem, server.key for TLS "
                                          "(default: self-signed ones made for this run; `clues certs` makes a set)."),
     insecure: bool = typer.Option(False, "--insecure", help="--engine deployment: plaintext and no SuperNode authentication (trusted networks only)."),
@@ -57,9 +57,11 @@ def federate(
         raise CluesError(f"--engine {engine!r}: choose simulation or deployment")
     if fleet == "local" and engine != "simulation":
         raise CluesError("--engine is Flower's: it does not go with --fleet local")
+    if engine != "deployment" and (timeout is not None or certs is not None or insecure):
+        raise CluesError("--timeout, --certs and --insecure are options of --engine deployment")
     config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                                   rounds, local_steps, score_rounds, fraction_train, out)
-    results = run_federated(config, fed, fleet, engine, timeout=timeout, certs=certs, insecure=insecure)
+    results = run_federated(config, fed, fleet, engine, timeout=timeout or 900.0, certs=certs, insecure=insecure)
     if compare is not None:
         import json
 

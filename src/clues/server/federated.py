@@ -52,7 +52,7 @@ from clues.errors import CluesError
 from clues.evaluate import load_probe
 from clues.protocol import Message
 from clues.server.fleet import Fleet
-from clues.server.merging import PUBLIC_SETS, overlap_request, warn_overlap
+from clues.server.overlap import PUBLIC_SETS, overlap_request, warn_overlap
 from clues.server.results import (
     FEDERATED_SCORE_KEYS,
     public_scores,
@@ -133,7 +133,12 @@ class FederatedServer:
             return {"value": value, "rounds": self.round_log[rounds:], "failures": self.fleet.failures[failures:]}
 
         ran = []
-        done = self.stages.run(name, {**self.key, "stage": name, "upstream": upstream}, lambda: ran.append(1) or run())
+
+        def run_here():
+            ran.append(name)
+            return run()
+
+        done = self.stages.run(name, {**self.key, "stage": name, "upstream": upstream}, run_here)
         if not ran:  # finished earlier: its log entries come from the marker
             self.round_log.extend(done["rounds"])
         self.failures.extend(done["failures"])

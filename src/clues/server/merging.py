@@ -36,27 +36,9 @@ from clues.evaluate import load_probe
 from clues.protocol import Message
 from clues.select import own_domain_anchors, silo_thresholds
 from clues.server.fleet import Fleet
+from clues.server.overlap import PUBLIC_SETS, overlap_request, warn_overlap
 from clues.server.results import public_scores, save_adapter, subset_of, write_outputs
 from clues.server.stages import Stages, file_digest
-
-PUBLIC_SETS = ("validation", "anchor", "test")
-
-
-def overlap_request(validation, anchor, test) -> Message:
-    """A ``hello`` carrying the public sets: each silo answers how many of its records share an id or
-    the content with each set (counts only cross the boundary)."""
-    public = dict(zip(PUBLIC_SETS, (validation, anchor, test)))
-    return Message(protocol.HELLO, {"public": {name: [record_to_json(r) for r in rows] for name, rows in public.items()}})
-
-
-def warn_overlap(console, counts: dict[str, dict[str, int]]) -> None:
-    """One warning line per silo whose records also appear in a public set (counts and set names only)."""
-    for silo, per_set in counts.items():
-        shared = ", ".join(f"{name} {per_set[name]}" for name in PUBLIC_SETS if per_set.get(name))
-        if shared:
-            console.print(f"[yellow]warning: silo {silo!r} shares records with public sets ({shared} records, same id "
-                          "or same content): public validation, anchor and test data should be disjoint from every "
-                          "silo, or scores, the threshold and the test loss are biased[/yellow]", soft_wrap=True)
 
 
 class MergingServer:

@@ -1,0 +1,32 @@
+"""The check both servers start with: does a silo hold records of the public sets?
+
+Validation, anchor and test records should be disjoint from every silo, or scores, the threshold and
+the test loss are biased. The server sends the public sets in a ``hello``; each silo counts its
+records sharing an id or the content with each set and answers counts only (which records they are
+stays in the silo); the server warns, naming the sets and the counts.
+"""
+
+from __future__ import annotations
+
+from clues import protocol
+from clues.data import record_to_json
+from clues.protocol import Message
+
+PUBLIC_SETS = ("validation", "anchor", "test")
+
+
+def overlap_request(validation, anchor, test) -> Message:
+    """A ``hello`` carrying the public sets: each silo answers how many of its records share an id or
+    the content with each set (counts only cross the boundary)."""
+    public = dict(zip(PUBLIC_SETS, (validation, anchor, test)))
+    return Message(protocol.HELLO, {"public": {name: [record_to_json(r) for r in rows] for name, rows in public.items()}})
+
+
+def warn_overlap(console, counts: dict[str, dict[str, int]]) -> None:
+    """One warning line per silo whose records also appear in a public set (counts and set names only)."""
+    for silo, per_set in counts.items():
+        shared = ", ".join(f"{name} {per_set[name]}" for name in PUBLIC_SETS if per_set.get(name))
+        if shared:
+            console.print(f"[yellow]warning: silo {silo!r} shares records with public sets ({shared} records, same id "
+                          "or same content): public validation, anchor and test data should be disjoint from every "
+                          "silo, or scores, the threshold and the test loss are biased[/yellow]", soft_wrap=True)
