@@ -328,6 +328,8 @@ class RunConfig:
 # the other languages weight 0): mixing domains inverts the ranking of other-language answers in the
 # English silos (docs/benchmarks.md, "The real model"). `clues federate` keeps w_other = 1.
 SCORE_DEFAULTS = {"w_other": 0.0}
+# Federated scoring defaults to plain gradients: the global model's Adam moments live in the silos.
+FEDERATED_SCORE_DEFAULTS = {"precondition": "none", "w_other": 1.0}
 # Threshold defaults of a run, under what the config says: per silo, from the anchors of its own
 # domain, at the rank that keeps a clean record with probability >= 90% when anchors and clean
 # records are exchangeable (clues.select.conformal_rank). The paper's pooled anchor mean kept about

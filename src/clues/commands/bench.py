@@ -51,8 +51,7 @@ def _run(values: dict, methods: list[str], match_count: bool, flags: dict, sourc
 
 def _federated(values: dict) -> dict:
     """The same comparison with FedAvg instead of merging (`clues federate`'s defaults, its [federated] table)."""
-    from clues.commands.federate import FEDERATED_SCORE_DEFAULTS
-    from clues.config import fed_settings, make_config
+    from clues.config import FEDERATED_SCORE_DEFAULTS, fed_settings, make_config
     from clues.flower.simulation import simulate
     from clues.report import print_summary
 

@@ -20,8 +20,6 @@ from clues.commands.run import config_values
 from clues.errors import CluesError
 
 console = make_console()
-# Federated scoring defaults to plain gradients: the global model's Adam moments live in the silos.
-FEDERATED_SCORE_DEFAULTS = {"precondition": "none", "w_other": 1.0}
 
 
 def federate(
@@ -96,7 +94,7 @@ def run_federated(config, fed, fleet: str = "flower", engine: str = "simulation"
 def federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                     rounds, local_steps, score_rounds, fraction_train, out):
     """``(RunConfig, FedSettings)`` from the config file and the flags."""
-    from clues.config import fed_settings, make_config
+    from clues.config import FEDERATED_SCORE_DEFAULTS, fed_settings, make_config
 
     values = config_values(
         config_file, silo,
