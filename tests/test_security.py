@@ -161,7 +161,7 @@ def test_insecure_mode_only_by_name_and_with_a_warning(tmp_path):
 
 
 def test_a_tls_superlink_refuses_plaintext_and_unregistered_supernodes(tmp_path):
-    """A real SuperLink as the deploy tool starts it (TLS, --enable-supernode-auth), on 127.0.0.1."""
+    """A real SuperLink as `clues federate --engine deployment` starts it (TLS, --enable-supernode-auth), on 127.0.0.1."""
     from clues.flower.deployment import (Processes, Security, _wait_port, free_port, register_supernodes, security_for,
                                             superlink_argv, supernode_argv, write_flower_config)
     from clues.flower.certs import make_node_keys

@@ -29,7 +29,7 @@ from clues.errors import CluesError
 from clues.names import check_silo_name
 
 CA, CA_KEY, SERVER, SERVER_KEY = "ca.pem", "ca.key", "server.pem", "server.key"
-TLS_FILES = (CA, SERVER, SERVER_KEY)  # what a SuperLink needs (``--certs DIR`` of the deploy tool)
+TLS_FILES = (CA, SERVER, SERVER_KEY)  # what a SuperLink needs (``--certs DIR`` of `clues federate --engine deployment`)
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 
 
