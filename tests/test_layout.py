@@ -24,6 +24,7 @@ FLOORS = [  # from the ground up
     {"merge"},
     {"protocol", "failures"},
     {"silo"},
+    {"verdict"},
     {"report", "plots", "sweep"},
     {"server"},
     {"flower"},

@@ -248,7 +248,7 @@ def load_probe(path, test: Sequence[Record]) -> list[dict]:
 
 def preference_probe(
     model, tokenizer, test_records: Sequence[Record], test_losses: Sequence[float], probe: Sequence[dict],
-    max_length: int = 256, batch_size: int = 16, template: str = "alpaca", prefix_start: int | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 16, template: str = "alpaca", prefix_start: int | None = None,
 ) -> dict:
     """How often the model prefers a test record's real answer to a corrupted version of it, per corruption type.
 
