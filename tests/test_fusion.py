@@ -80,6 +80,6 @@ def test_silo_scores_a_fused_method_from_the_components_it_already_has(tiny_mode
     fused = silo.handle(Message(protocol.SCORE, {**meta, "method": "perplexity+ifd"})).meta
     assert calls == ["perplexity+ifd"]  # the components came from what the silo had scored
     expected = fuse([{"anchor": torch.tensor(alone[m]["anchor_scores"]),
-                      "data": torch.tensor(silo._scores[m])} for m in ("perplexity", "ifd")])
+                      "data": torch.tensor(silo.scores[m])} for m in ("perplexity", "ifd")])
     assert fused["anchor_scores"] == pytest.approx(expected["anchor"].tolist())
-    assert silo._scores["perplexity+ifd"] == pytest.approx(expected["data"].tolist())
+    assert silo.scores["perplexity+ifd"] == pytest.approx(expected["data"].tolist())
