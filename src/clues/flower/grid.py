@@ -58,7 +58,7 @@ class GridFleet:
                 self._fail(0, name, protocol.HELLO, f"SuperNode {named[name]} already answers as silo {name!r}", node)
                 continue
             named[name] = node
-        self._nodes = named
+        self._nodes = dict(sorted(named.items()))  # by name: the same order whatever order the nodes joined in
         if not self._nodes:
             raise CluesError("no silo joined the federation: every SuperNode failed or stayed silent (see above)")
         self.console.print(f"federation: {len(self._nodes)} silos ({', '.join(self._nodes)})")
@@ -113,7 +113,8 @@ class GridFleet:
         for name in requests:
             if name not in replies and name not in failed:
                 self._fail(round, name, requests[name].kind, f"no reply within {self.timeout:.0f} s", self._nodes[name])
-        return replies
+        # In the order asked, not the order of arrival: FedAvg's sum and results.json do not depend on timing.
+        return {name: replies[name] for name in requests if name in replies}
 
     def request(self, silo: str, message: protocol.Message, round: int | None = None) -> protocol.Message:
         """One silo's reply; :class:`~clues.failures.SiloFailure` with its public reason if none came."""
