@@ -194,7 +194,10 @@ def load_adapter_state(model, tensors: dict[str, torch.Tensor], what: str = "the
 
     if not tensors:
         raise CluesError(f"{what}: no adapter tensors")
-    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
+    trainable = next((p for p in model.parameters() if p.requires_grad), None)
+    if trainable is None:
+        raise CluesError(f"{what}: the model has no trainable (LoRA) parameters to load the adapter into")
+    dtype = trainable.dtype
     result = set_peft_model_state_dict(model, {k: v.to(dtype) for k, v in tensors.items()})
     missing = [k for k in result.missing_keys if ".lora_" in k]
     if missing or result.unexpected_keys:

@@ -57,9 +57,11 @@ def federate(
         raise CluesError("--engine is Flower's: it does not go with --fleet local")
     if engine != "deployment" and (timeout is not None or certs is not None or insecure):
         raise CluesError("--timeout, --certs and --insecure are options of --engine deployment")
+    if timeout is not None and not timeout > 0:
+        raise CluesError(f"--timeout {timeout}: give a positive number of seconds")
     config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                                   rounds, local_steps, score_rounds, fraction_train, out)
-    results = run_federated(config, fed, fleet, engine, timeout=timeout or 900.0, certs=certs, insecure=insecure)
+    results = run_federated(config, fed, fleet, engine, timeout=900.0 if timeout is None else timeout, certs=certs, insecure=insecure)
     if compare is not None:
         import json
 

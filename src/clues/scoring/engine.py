@@ -25,7 +25,7 @@ from clues import checkpoint as ckpt
 from clues.config import ScoreSettings  # the settings live with every other one
 from clues.data.batching import length_sorted_batches, pad_batch
 from clues.data.records import Record
-from clues.data.template import encode, padding_id
+from clues.data.template import DEFAULT_MAX_LENGTH, encode, padding_id
 from clues.errors import CluesError
 from clues.loss import batch_record_losses
 from clues.model.frozen_prefix import fill_prefix
@@ -288,7 +288,7 @@ def open_run(
     model, tokenizer, first_meta = load_scoring_model(checkpoints, base_model, settings.device)
     base = base_model or first_meta.get("base_model") or "?"
     config = first_meta.get("config") or {}
-    max_length, template = int(config.get("max_length", 256)), config.get("template", "alpaca")
+    max_length, template = int(config.get("max_length", DEFAULT_MAX_LENGTH)), config.get("template", "alpaca")
     pad_id = padding_id(tokenizer)
     scorer = Scorer.for_model(model, pad_id, settings.params, settings.batch_size)
     val_enc = compact_encodings(validation, tokenizer, max_length, template)

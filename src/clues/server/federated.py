@@ -110,8 +110,12 @@ class FederatedServer:
         total = self.fed.rounds
         return self.config.train.lr * lr_factor(round_ - 1, total, warmup_steps(total, self.config.train.warmup_ratio))
 
+    def _silos(self) -> list[str]:
+        """The fleet's silos by name: the same sample and FedAvg order whatever the fleet (Flower's Grid sorts too)."""
+        return sorted(self.fleet.silos())
+
     def _sample(self, condition: str, round_: int) -> list[str]:
-        silos = self.fleet.silos()
+        silos = self._silos()
         count = max(1, math.ceil(self.fed.fraction_train * len(silos)))
         if count >= len(silos):
             return silos
@@ -208,7 +212,7 @@ class FederatedServer:
                 "moments_of": "fl-mixed"}
         if silo_anchors:
             meta["anchor"] = [record_to_json(r) for r in self.anchor]
-        silos = self.fleet.silos()
+        silos = self._silos()
         replies = self.fleet.exchange({s: Message(protocol.FED_SCORE, meta, {**adapter, **wire}) for s in silos}, round_)
         self._log_round("fl-mixed", round_, protocol.FED_SCORE, silos, replies)
         metas = {name: reply.meta for name, reply in replies.items()}
@@ -237,12 +241,17 @@ class FederatedServer:
         adapter, curve, anchors, lrs, scores = initial, [], [], [], {}
         checkpoints = set(self.fed.checkpoints) if score else set()
         train = self.config.train.to_dict()
+        joined: set[str] = set()  # silos that have trained in this run of the condition
         for round_ in range(1, self.fed.rounds + 1):
             lr = self._lr(round_)
             asked = self._sample(condition, round_)
             meta = {"tag": condition, "subset": subset_of(condition), "round": round_, "steps": self.fed.local_steps,
                     "lr": lr, "config": train}
-            replies = self.fleet.exchange({s: Message(protocol.FIT, meta, adapter) for s in asked}, round_)
+            # A silo's first round in this run starts its optimizer afresh, whatever an earlier or
+            # interrupted run left in its folder (a silo first sampled in round 3 must not reuse it).
+            requests = {s: Message(protocol.FIT, {**meta, "first": s not in joined}, adapter) for s in asked}
+            joined.update(asked)
+            replies = self.fleet.exchange(requests, round_)
             self._log_round(condition, round_, protocol.FIT, asked, replies)
             usable = {n: m for n, m in replies.items() if m.tensors and m.meta.get("num_examples", 0) > 0}
             if usable:
@@ -272,7 +281,7 @@ class FederatedServer:
 
     def select(self, tau: float | None, method: str = "clues", counts: Mapping[str, int] | None = None) -> dict:
         """Every silo keeps ``score >= tau`` of ``method``'s scores, or (``counts``) its ``counts[silo]`` best records."""
-        silos = self.fleet.silos()
+        silos = self._silos()
         requests = {s: Message(protocol.SELECT, {"method": method, **({"count": counts[s]} if counts else {"tau": tau})})
                     for s in silos}
         replies = self.fleet.exchange(requests, None)
@@ -288,7 +297,7 @@ class FederatedServer:
         """
         from clues.baselines import NEEDS_WARMUP
 
-        silos = self.fleet.silos()
+        silos = self._silos()
         train = self.config.train.to_dict()
         if method in NEEDS_WARMUP and not self.local_warmup:
             request = Message(protocol.TRAIN, {"tag": "mixed", "subset": "all", "config": train, "return_adapter": False})

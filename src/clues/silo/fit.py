@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from clues import checkpoint as ckpt
 from clues import protocol
+from clues.data.template import padding_id
 from clues.io import write_json
 from clues.protocol import Message
 from clues.silo.train import records_digest
@@ -62,9 +63,9 @@ def answer(silo, message: Message) -> Message:
     ckpt.load_adapter_state(model, message.tensors)
     encodings = _encodings(silo, which, records, tokenizer, config)
     if config.cache_frozen:  # the encodings live for the whole process: every round reuses the states
-        fill_prefix(model, encodings, tokenizer.pad_token_id, config.batch_size)
+        fill_prefix(model, encodings, padding_id(tokenizer), config.batch_size)
     folder = fed_dir(silo, tag)
-    fresh = round_ <= 1 or not (folder / STATE_FILE).exists()
+    fresh = round_ <= 1 or bool(meta.get("first")) or not (folder / STATE_FILE).exists()
     state = {"step": 0} if fresh else json.loads((folder / STATE_FILE).read_text())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(meta["lr"]), betas=(config.adam_beta1, config.adam_beta2),
@@ -73,7 +74,7 @@ def answer(silo, message: Message) -> Message:
         ckpt.restore_moments(model, optimizer, ckpt.load_moments(folder), state["step"], folder)
     steps_per_epoch, _ = plan(len(records), config)
     per_step = config.records_per_step
-    pad_id = tokenizer.pad_token_id
+    pad_id = padding_id(tokenizer)
     losses = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed * 1_000_003 + round_)  # LoRA dropout: reproducible per round
