@@ -71,11 +71,12 @@ def test_paired_difference_and_verdict():
     diffs = [1, 0, 1, 0]
     sd = (sum((d - 0.5) ** 2 for d in diffs) / 3) ** 0.5
     assert half == pytest.approx(1.96 * sd / 2)
-    assert judge(0.5, 0.1) == "better" and judge(-0.5, 0.1) == "worse" and judge(0.05, 0.1) == "within noise"
+    assert judge(0.5, 0.1) == "better than" and judge(-0.5, 0.1) == "worse than"
+    assert judge(0.05, 0.1) == "no different, within noise, from"
     results = {"conditions": {"mixed": {"preference": {"wins": [0.0] * 50 + [1.0] * 50}},
                               "clues": {"preference": {"wins": [1.0] * 100}}}}
     (line,) = verdict(results)
-    assert line.startswith("**clues**: better") and "100.0% of 100 probe pairs" in line
+    assert line.startswith("**clues**: better than training on all records") and "100.0% of 100 probe pairs" in line
     assert verdict({"conditions": {"mixed": {}}}) == []
 
 

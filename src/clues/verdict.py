@@ -29,11 +29,12 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
 
 
 def judge(mean: float, half: float) -> str:
+    """How a condition compares with training on all records, given its paired difference."""
     if mean - half > 0:
-        return "better"
+        return "better than"
     if mean + half < 0:
-        return "worse"
-    return "within noise"
+        return "worse than"
+    return "no different, within noise, from"
 
 
 def _wins(condition: Mapping) -> list[float] | None:
@@ -57,7 +58,7 @@ def verdict(results: Mapping) -> list[str]:
         mean, half = diff
         what = "training on clean records only" if name == "oracle" else f"training on the records {name} kept"
         lines.append(
-            f"**{name}**: {judge(mean, half)} than training on all records: {what} prefers the real answer "
+            f"**{name}**: {judge(mean, half)} training on all records: {what} prefers the real answer "
             f"over a corrupted one in {100 * sum(wins) / len(wins):.1f}% of {len(wins)} probe pairs, against "
             f"{100 * sum(mixed) / len(mixed):.1f}% ({100 * mean:+.1f} points, 95% interval "
             f"{100 * (mean - half):+.1f} to {100 * (mean + half):+.1f}, over test questions of this one seed)."
