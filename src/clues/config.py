@@ -333,7 +333,7 @@ FEDERATED_SCORE_DEFAULTS = {"precondition": "none", "w_other": 1.0}
 # Threshold defaults of a run, under what the config says: per silo, from the anchors of its own
 # domain, at the rank that keeps a clean record with probability >= 90% when anchors and clean
 # records are exchangeable (clues.select.conformal_rank). The paper's pooled anchor mean kept about
-# half of the clean records on every score tried (docs/results.md, "Thresholds").
+# half of the clean records on every score tried (docs/results.md, "Choosing the threshold").
 SELECT_DEFAULTS = {"policy": "conformal:0.1", "mode": "per-silo"}
 
 _SECTIONS = {"train": TrainConfig, "score": ScoreSettings, "select": SelectSettings, "merge": MergeSettings}

@@ -21,8 +21,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-# Fused methods and their components, all of them methods of clues.baselines. Chosen on design seeds
-# 1-2 of mixed-small (benchmarks/design_study.py; docs/results.md, "Choosing the score").
+# Fused methods and their components, all of them methods of clues.baselines. Chosen on design seed 1
+# of mixed-small, with single signals on seeds 1-3 (benchmarks/design_study.py; docs/results.md,
+# "Choosing the score").
 FUSIONS = {"clues+perplexity+ifd": ("clues", "perplexity", "ifd")}
 
 

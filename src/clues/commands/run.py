@@ -112,7 +112,7 @@ def run(
 
 # The demo selects with the fused score (CLUES' gradient alignment, the base model's perplexity and
 # IFD, by within-silo rank): on SmolLM2 the gradient score alone ranks clean records above corrupted
-# ones with AUROC 0.6-0.7, the fusion with 0.85 (docs/results.md).
+# ones with AUROC 0.65-0.69, the fusion with 0.75-0.85 depending on the seed (docs/results.md).
 DEMO_CONDITIONS = ("mixed", "clues+perplexity+ifd", "oracle")
 
 
