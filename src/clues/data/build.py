@@ -146,6 +146,11 @@ def _foreign_pool(scenario: Scenario, public: list[Record]) -> list[Record]:
     return pool
 
 
+def _vocabulary(records: list[Record]) -> list[str]:
+    """The words (or characters) of the records' answers, first occurrence first: what noise substitutes."""
+    return list(dict.fromkeys(unit for r in records for unit, _ in corruptions.units(r.output)[1] if not unit.isspace()))
+
+
 def _corrupt_silo(silo, records: list[Record], foreign: list[Record], seed: int):
     """Corrupt an exact ``pollution`` share of ``records``; return (records, labels, mix counts)."""
     rng = random.Random(derive_seed(seed, "pollute", silo.name))
@@ -153,9 +158,7 @@ def _corrupt_silo(silo, records: list[Record], foreign: list[Record], seed: int)
     plan = [name for name, count in exact_counts(n_bad, silo.mix).items() for _ in range(count)]
     rng.shuffle(plan)
     chosen = dict(zip(sorted(rng.sample(range(len(records)), n_bad)), plan))
-    vocabulary = list(
-        dict.fromkeys(unit for r in records for unit, _ in corruptions.units(r.output)[1] if not unit.isspace())
-    )
+    vocabulary = _vocabulary(records)
     done = {name: 0 for name in corruptions.NAMES}
     out, labels = [], []
     for i, record in enumerate(records):
@@ -189,7 +192,7 @@ def _probe_rows(domain, test: list[Record], foreign: list[Record], seed: int) ->
     A corruption that cannot change a record (a one-character answer cannot be cut) is left out.
     """
     probed = test if domain.probe is None else test[: domain.probe]
-    vocabulary = list(dict.fromkeys(u for r in test for u, _ in corruptions.units(r.output)[1] if not u.isspace()))
+    vocabulary = _vocabulary(test)
     rows = []
     for record in probed:
         for name in corruptions.NAMES:
