@@ -15,7 +15,6 @@ The seeds in that file are design seeds: whatever is chosen here is reported on 
 from __future__ import annotations
 
 import argparse
-import bisect
 import itertools
 import json
 import statistics
@@ -27,22 +26,18 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 from layer_choice import interval  # noqa: E402
 
+import torch  # noqa: E402
+
+from clues.baselines.fusion import fuse  # noqa: E402
 from clues.metrics import roc_auc  # noqa: E402
 
 
-def percentiles(reference: list[float], values: list[float]) -> list[float]:
-    """Mid-rank of each value within ``reference`` (the silo's records), in [0, 1]."""
-    ordered = sorted(reference)
-    n = len(ordered)
-    return [(bisect.bisect_left(ordered, v) + bisect.bisect_right(ordered, v)) / (2 * n) for v in values]
-
-
 def fused(silo: dict, names: tuple[str, ...]) -> tuple[list[float], list[float]]:
-    """(records, anchors): the mean over ``names`` of each feature's percentile among the silo's records."""
-    data, anchor = silo["values"]["data"], silo["values"]["anchor"]
-    per_data = [percentiles(data[n], data[n]) for n in names]
-    per_anchor = [percentiles(data[n], anchor[n]) for n in names]
-    return [statistics.fmean(v) for v in zip(*per_data)], [statistics.fmean(v) for v in zip(*per_anchor)]
+    """(records, anchors) fused over ``names`` exactly as the shipped fused methods do."""
+    values = silo["values"]
+    scores = fuse([{part: torch.tensor(values[part][n], dtype=torch.float64) for part in ("data", "anchor")}
+                   for n in names])
+    return scores["data"].tolist(), scores["anchor"].tolist()
 
 
 def rules(anchors: list[float]) -> dict[str, float]:
