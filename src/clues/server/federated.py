@@ -46,13 +46,12 @@ from clues import protocol
 from clues.baselines import METHODS
 from clues.checkpoint import load_adapter_state
 from clues.config import FedSettings, RunConfig
-from clues.data import load_records, record_to_json
+from clues.data import record_to_json
 from clues.data.template import padding_id
 from clues.errors import CluesError
-from clues.evaluate import load_probe
 from clues.protocol import Message
 from clues.server.fleet import Fleet
-from clues.server.overlap import PUBLIC_SETS, overlap_request, warn_overlap
+from clues.server.overlap import PUBLIC_SETS, load_public_sets, overlap_request, warn_overlap
 from clues.server.results import (
     FEDERATED_SCORE_KEYS,
     public_scores,
@@ -82,10 +81,7 @@ class FederatedServer:
         self.config, self.fed, self.fleet = config, fed, fleet
         self.console = console or Console()
         self.out = Path(config.out)
-        self.validation = load_records(config.validation)
-        self.anchor = load_records(config.anchor)
-        self.test = load_records(config.test)
-        self.probe = load_probe(config.probe, self.test) if config.probe else None
+        self.validation, self.anchor, self.test, self.probe = load_public_sets(config)
         self.out.mkdir(parents=True, exist_ok=True)
         self.stages = Stages(self.out, self.console)
         self.round_log: list[dict] = []

@@ -30,13 +30,12 @@ from rich.console import Console
 from clues import protocol
 from clues.baselines import METHODS
 from clues.config import RunConfig
-from clues.data import load_records, record_to_json
+from clues.data import record_to_json
 from clues.errors import CluesError
-from clues.evaluate import load_probe
 from clues.protocol import Message
 from clues.select import own_domain_anchors, silo_thresholds
 from clues.server.fleet import Fleet
-from clues.server.overlap import PUBLIC_SETS, overlap_request, warn_overlap
+from clues.server.overlap import PUBLIC_SETS, load_public_sets, overlap_request, warn_overlap
 from clues.server.results import public_scores, save_adapter, subset_of, write_outputs
 from clues.server.stages import Stages, file_digest
 
@@ -50,10 +49,7 @@ class MergingServer:
         self.console = console or Console()
         self.out = Path(config.out)
         # Every input is validated before anything is written: bad input leaves no half-made run folder.
-        self.validation = load_records(config.validation)
-        self.anchor = load_records(config.anchor)
-        self.test = load_records(config.test)
-        self.probe = load_probe(config.probe, self.test) if config.probe else None
+        self.validation, self.anchor, self.test, self.probe = load_public_sets(config)
         absent = [name for name in config.silos if name not in fleet.silos()]
         if absent:
             raise CluesError(f"silo {absent[0]!r} is not in the fleet (it has {', '.join(fleet.silos()) or 'no silo'})")

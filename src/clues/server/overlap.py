@@ -1,4 +1,4 @@
-"""The check both servers start with: does a silo hold records of the public sets?
+"""The public sets both servers start with: reading them, and checking that no silo holds them.
 
 Validation, anchor and test records should be disjoint from every silo, or scores, the threshold and
 the test loss are biased. The server sends the public sets in a ``hello``; each silo counts its
@@ -9,10 +9,18 @@ stays in the silo); the server warns, naming the sets and the counts.
 from __future__ import annotations
 
 from clues import protocol
-from clues.data import record_to_json
+from clues.data import load_records, record_to_json
+from clues.evaluate import load_probe
 from clues.protocol import Message
 
 PUBLIC_SETS = ("validation", "anchor", "test")
+
+
+def load_public_sets(config) -> tuple[list, list, list, list[dict] | None]:
+    """``(validation, anchor, test, probe)`` of a run config, every file checked (the probe against
+    the test set; None without one) before the server writes anything."""
+    validation, anchor, test = (load_records(getattr(config, name)) for name in PUBLIC_SETS)
+    return validation, anchor, test, load_probe(config.probe, test) if config.probe else None
 
 
 def overlap_request(validation, anchor, test) -> Message:
