@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
-from layer_choice import interval  # noqa: E402
+from common import interval  # noqa: E402
 
 import torch  # noqa: E402
 

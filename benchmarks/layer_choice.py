@@ -18,23 +18,14 @@ Seed 0 builds the demo's benchmark: keep it out of choices made here. Writes
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval (0 for a single value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+sys.path.insert(0, str(HERE))
+from common import interval, write_result  # noqa: E402
 
 
 def silo_aurocs(records, scores, labels) -> dict:
@@ -124,13 +115,8 @@ def main(argv=None) -> int:
         print(f"top-{k}: {shown}; train {row['train_s']:.0f}s, score {row['score_s']:.0f}s ({weightings[0]}, all silos)")
         for key in sorted(k2 for k2 in row if ":" in k2):
             print(f"    {key:<32} {row[key][0]:.3f} ± {row[key][1]:.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "layer_choice",
-        "command": "python benchmarks/layer_choice.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "runs": runs, "summary": {str(k): v for k, v in summary.items()},
-    }, indent=2) + "\n", encoding="utf-8")
+    out = write_result(args.out, "layer_choice", "layer_choice.py", argv,
+                       runs=runs, summary={str(k): v for k, v in summary.items()})
     print(f"wrote {out}")
     return 0
 

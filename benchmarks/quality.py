@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from layer_choice import interval  # noqa: E402
+from common import interval, write_result  # noqa: E402
 
 KINDS = ("incomplete_answer", "mismatched_answer", "mixed_language", "random_noise")
 
@@ -160,10 +160,8 @@ def main(argv=None) -> int:
     summary = {"conditions": summarise(per_seed), "vs_mixed": paired(per_seed),
                "gain_recovered": gain_recovered(per_seed), "selection": summarise([selection_values(r) for r in results])}
     print(markdown(summary))
-    out = Path(args.out or HERE / "results" / f"quality-{args.scenario}.json")
-    out.write_text(json.dumps({"benchmark": "quality",
-                               "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                               "seeds": args.seeds, "per_seed": per_seed, "summary": summary}, indent=2) + "\n", encoding="utf-8")
+    out = write_result(args.out or HERE / "results" / f"quality-{args.scenario}.json", "quality", "quality.py", argv,
+                       seeds=args.seeds, per_seed=per_seed, summary=summary)
     print(f"wrote {out}")
     return 0
 

@@ -21,7 +21,6 @@ Writes ``benchmarks/results/real_model.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -37,6 +36,7 @@ from clues.model import LoraSettings, attach_lora, load_model
 from clues.model.frozen_prefix import fill_prefix
 from clues.scoring.params import select_blocks
 from clues.scoring.per_sample import per_record_gradients
+from common import write_result
 
 
 def encodings(tokenizer, records: int, tokens: int) -> list[dict]:
@@ -153,17 +153,13 @@ def main(argv=None) -> int:
               f"{base['train_step_s'] / r['train_step_s']:>7.1f} {r['score_records_per_s']:>12.2f} "
               f"{base['score_batch_s'] / r['score_batch_s']:>7.1f} {fill:>10} {abs(r['loss'] - base['loss']):>10.1e}")
     result = {
-        "benchmark": "real_model",
-        "command": "python benchmarks/real_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": args.model, "records": args.records, "tokens": args.tokens, "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "results": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = write_result(args.out, "real_model", "real_model.py", argv, **result)
     print(f"wrote {out}")
     return 0
 

@@ -16,7 +16,6 @@ Regimes: ``preset`` (the pipeline's), or ``lr<LR>x<EPOCHS>``. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -24,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import write_result  # noqa: E402
 
 
 def regime_config(name: str, base):
@@ -88,9 +89,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = [row for seed in args.seeds.split(",") for regime in args.regimes.split(",")
             for row in run_one(args, int(seed), regime)]
-    Path(args.out).write_text(json.dumps({
-        "benchmark": "regime", "command": "python benchmarks/regime.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "rows": rows}, indent=2) + "\n", encoding="utf-8")
+    write_result(args.out, "regime", "regime.py", argv, rows=rows)
     print(f"wrote {args.out}")
     return 0
 

@@ -23,7 +23,6 @@ Writes ``benchmarks/results/signals-<adapter>.json`` and prints mean AUROC (95% 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,7 +33,8 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from layer_choice import interval, silo_aurocs  # noqa: E402
+from common import interval, write_result  # noqa: E402
+from layer_choice import silo_aurocs  # noqa: E402
 
 FEATURES = ("loss", "pmi", "ifd", "eos", "tail")
 
@@ -160,14 +160,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     out = Path(args.out or HERE / "results" / f"signals-{args.adapter}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/signals.py " + " ".join(argv if argv is not None else sys.argv[1:])
     runs = []
     for seed in args.seeds.split(","):
         runs.append(run_one(args.model, args.scenario, int(seed), args.adapter, Path(args.work), args.clues))
         # after every seed, so a long study can be read before it ends
-        out.write_text(json.dumps({"benchmark": "signals", "command": command, "runs": runs,
-                                   "summary": summarize(runs)}, indent=2) + "\n", encoding="utf-8")
+        write_result(out, "signals", "signals.py", argv, runs=runs, summary=summarize(runs))
     summary = summarize(runs)
     print(f"\n{args.model} ({args.adapter}) on {args.scenario}, seeds {args.seeds}: within-silo AUROC, 95% t-interval")
     kinds = sorted({k for row in summary.values() for k in row})

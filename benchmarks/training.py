@@ -14,7 +14,6 @@ with a message, not an error.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ from clues.data.batching import pad_batch
 from clues.errors import CluesError
 from clues.model import LoraSettings, attach_lora, load_model
 from clues.train import optimizer_step
+from common import write_result
 
 SEQ_LEN = 128
 BATCH = 16
@@ -99,8 +99,6 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['model'][-40:]:<40} {r['parameters']:>12,} {r['trainable']:>12,} {r['step_s_mean']:>8.2f} {r['records_per_s']:>10.1f}")
     result = {
-        "benchmark": "training",
-        "command": "python benchmarks/training.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "batch": BATCH,
         "seq_len": SEQ_LEN,
         "threads": torch.get_num_threads(),
@@ -110,9 +108,7 @@ def main(argv=None) -> int:
         "results": rows,
         "skipped": skipped,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = write_result(args.out, "training", "training.py", argv, **result)
     print(f"wrote {out}")
     return 0
 
