@@ -31,11 +31,14 @@ KINDS = ("incomplete_answer", "mismatched_answer", "mixed_language", "random_noi
 
 
 def run_bench(args, seed: int) -> dict:
-    out = Path(args.work) / f"{args.scenario}-seed{seed}"
+    merge = [flag for name, value in (("--merge", args.merge), ("--merge-space", args.merge_space)) if value
+             for flag in (name, value)]
+    regime = "".join(f"-{value}" for value in (args.merge, args.merge_space) if value)
+    out = Path(args.work) / f"{args.scenario}-{args.model}{regime}-seed{seed}"
     results = out / "run" / "results.json"
     if not results.is_file():
         subprocess.run(["clues", "bench", "--scenario", args.scenario, "--model", args.model, "--methods", args.methods,
-                        "--seed", str(seed), "--out", str(out)], check=True)
+                        "--seed", str(seed), "--out", str(out), *merge], check=True)
     return json.loads(results.read_text(encoding="utf-8"))
 
 
@@ -150,6 +153,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--scenario", default="mixed-small")
     parser.add_argument("--methods", default="clues,clues+ifd")
+    parser.add_argument("--merge", default=None, help="clues bench --merge (default: the run's, TIES)")
+    parser.add_argument("--merge-space", default=None, help="clues bench --merge-space (default: factor)")
     parser.add_argument("--seeds", default="4,5,6")
     parser.add_argument("--work", default="/tmp/clues-quality")
     parser.add_argument("--out", default=None)
@@ -160,7 +165,8 @@ def main(argv=None) -> int:
     summary = {"conditions": summarise(per_seed), "vs_mixed": paired(per_seed),
                "gain_recovered": gain_recovered(per_seed), "selection": summarise([selection_values(r) for r in results])}
     print(markdown(summary))
-    out = write_result(args.out or HERE / "results" / f"quality-{args.scenario}.json", "quality", "quality.py", argv,
+    regime = "".join(f"-{value}" for value in (args.merge, args.merge_space) if value)
+    out = write_result(args.out or HERE / "results" / f"quality-{args.scenario}-{args.model}{regime}.json", "quality", "quality.py", argv,
                        seeds=args.seeds, per_seed=per_seed, summary=summary)
     print(f"wrote {out}")
     return 0

@@ -118,6 +118,10 @@ def test_bench_command_errors(tmp_path, consortium, tiny_model_dir):
     unlabelled.write_text("\n".join([f'{k} = "{v}"' for k, v in public.items()] + [f'model = "{tiny_model_dir}"', "[silos]"]
                                     + [f'{k} = "{v}"' for k, v in silos.items()]) + "\n")
     cases.append((["--config", str(unlabelled)], "needs labels"))
+    labelled = tmp_path / "labelled.toml"
+    labelled.write_text(f'labels = "{consortium[2]}"\n' + unlabelled.read_text())
+    cases.append((["--config", str(labelled), "--merge", "magic"], "method"))
+    cases.append((["--config", str(labelled), "--merge-space", "sideways"], "space"))
     for args, message in cases:
         result = runner.invoke(app, ["bench", *args])
         assert result.exit_code != 0, args

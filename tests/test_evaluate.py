@@ -198,3 +198,24 @@ def test_evaluate_condition_and_add_oracle_gain(tiny_llama):
     add_oracle_gain(conditions)
     assert [c["oracle_gain_recovered"] for c in conditions.values()] == [0.0, pytest.approx(0.5), 1.0]
     assert add_oracle_gain({"clues": {"test_loss": {"a": 1.0}}})["clues"]["oracle_gain_recovered"] is None
+    assert {d: len(v) for d, v in entry["record_losses"].items()} == {"finance": 2, "medical": 1, "medical-mcq": 1,
+                                                                       "medical-es": 1}
+    assert entry["test_loss"]["finance"] == pytest.approx(sum(entry["record_losses"]["finance"]) / 2)
+
+
+def test_oracle_gain_needs_a_gap_larger_than_noise():
+    """A noise-sized oracle advantage gave ratios of hundreds of percent; with per-record losses it gives none."""
+    from clues.evaluate import add_oracle_gain
+
+    noisy_mixed = {"a": [2.0, 1.0, 3.0, 2.0]}  # mean 2.0
+    noisy_oracle = {"a": [1.0, 2.0, 2.0, 2.99]}  # mean 1.9975: lower, but well within the spread
+    mixed, method, oracle = {"a": 2.0}, {"a": 1.99}, {"a": 1.9975}
+    assert oracle_gain_recovered(mixed, method, oracle)["mean"] == pytest.approx(4.0)  # the old reading: 400%
+    gated = oracle_gain_recovered(mixed, method, oracle, records_mixed=noisy_mixed, records_oracle=noisy_oracle)
+    assert gated == {"per_domain": {"a": None}, "mean": None}
+    clear_oracle = {"a": [1.5, 0.5, 2.5, 1.5]}  # every record 0.5 lower
+    gain = oracle_gain_recovered(mixed, {"a": 1.75}, {"a": 1.5}, records_mixed=noisy_mixed, records_oracle=clear_oracle)
+    assert gain == {"per_domain": {"a": pytest.approx(0.5)}, "mean": pytest.approx(0.5)}
+    conditions = {"mixed": {"test_loss": mixed, "record_losses": noisy_mixed}, "clues": {"test_loss": method},
+                  "oracle": {"test_loss": oracle, "record_losses": noisy_oracle}}
+    assert add_oracle_gain(conditions)["clues"]["oracle_gain_recovered"] is None

@@ -10,7 +10,8 @@ from clues.data.build import make_benchmark
 from clues.data.corruptions import NAMES
 from clues.errors import CluesError
 from clues.evaluate import evaluate_condition, load_probe, preference_probe, record_losses
-from clues.verdict import judge, paired_difference, verdict
+from clues.stats import paired_difference
+from clues.verdict import judge, verdict
 
 MAX_LEN = 96
 
@@ -78,6 +79,14 @@ def test_paired_difference_and_verdict():
     (line,) = verdict(results)
     assert line.startswith("**clues**: better than training on all records") and "100.0% of 100 probe pairs" in line
     assert verdict({"conditions": {"mixed": {}}}) == []
+    # With an oracle clearly better than mixed, each selection says how much of its gain it recovers.
+    results["conditions"]["oracle"] = {"preference": {"wins": [1.0] * 100}}
+    results["conditions"]["random"] = {"preference": {"wins": [0.0] * 25 + [1.0] * 75}}
+    lines = verdict(results)
+    assert lines[0].endswith("It recovers 100% of the oracle's gain.") and "recovers" not in lines[1]
+    assert lines[2].startswith("**random**: better than") and lines[2].endswith("It recovers 50% of the oracle's gain.")
+    results["conditions"]["oracle"] = {"preference": {"wins": [0.0] * 50 + [1.0] * 50}}  # no gain: nothing to recover
+    assert not any("recovers" in line for line in verdict(results))
 
 
 def test_a_retraining_condition_takes_as_many_steps_as_training_on_all_records(tiny_model_dir, tmp_path):

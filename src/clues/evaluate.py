@@ -27,6 +27,7 @@ from clues.errors import CluesError
 from clues.io import read_rows
 from clues.loss import batch_record_losses
 from clues.model.frozen_prefix import fill_prefix
+from clues.stats import clearly_above
 
 # Records without a ``domain`` field are grouped under this name.
 DEFAULT_DOMAIN = "all"
@@ -80,11 +81,15 @@ def record_losses(
     return encoded_losses(model, encodings, padding_id(tokenizer), batch_size, prefix_start)
 
 
-def _mean_by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[str, float]:
+def _by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[str, list[float]]:
     groups: dict[str, list[float]] = defaultdict(list)
     for record, value in zip(records, values):
         groups[domain_of(record)].append(value)
-    return {domain: sum(v) / len(v) for domain, v in sorted(groups.items())}
+    return dict(sorted(groups.items()))
+
+
+def _mean_by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[str, float]:
+    return {domain: sum(v) / len(v) for domain, v in _by_domain(records, values).items()}
 
 
 def per_domain_loss(
@@ -276,6 +281,7 @@ def preference_probe(
 # --- oracle gain ----------------------------------------------------------------------------------
 
 # Below this gap between the mixed and the oracle loss the ratio means nothing (and may divide by zero).
+# It only guards the arithmetic: whether the gap is more than noise is asked of the per-record losses.
 GAIN_EPS = 1e-6
 
 
@@ -298,17 +304,31 @@ def gain_recovered(mixed: float, method: float, oracle: float, eps: float = GAIN
 
 def oracle_gain_recovered(
     loss_mixed: Mapping[str, float], loss_method: Mapping[str, float], loss_oracle: Mapping[str, float],
-    eps: float = GAIN_EPS,
+    eps: float = GAIN_EPS, records_mixed: Mapping[str, Sequence[float]] | None = None,
+    records_oracle: Mapping[str, Sequence[float]] | None = None,
 ) -> dict:
     """Gain recovered per domain and overall: ``{"per_domain": {domain: float|None}, "mean": float|None}``.
 
     ``mean`` is the ratio of the macro-mean losses over the domains all three conditions share, not
     the mean of the per-domain ratios: a domain where clean data barely helps has a near-zero
     denominator and would otherwise swing the average arbitrarily.
+
+    With the per-record test losses of mixed and oracle (``record_losses`` of :func:`evaluate_condition`),
+    a ratio is given only where the oracle's losses are lower record by record with a 95% interval
+    that excludes zero (:mod:`clues.stats`): a gap of noise size would turn any difference into a
+    ratio of hundreds of percent.
     """
+    def real_gap(domains) -> bool:
+        if records_mixed is None or records_oracle is None:
+            return True
+        if any(d not in records_mixed or d not in records_oracle for d in domains):
+            return False
+        return clearly_above([x for d in domains for x in records_mixed[d]], [x for d in domains for x in records_oracle[d]])
+
     domains = [d for d in loss_mixed if d in loss_method and d in loss_oracle]
-    per_domain = {d: gain_recovered(loss_mixed[d], loss_method.get(d), loss_oracle.get(d), eps) for d in loss_mixed}
-    if not domains:
+    per_domain = {d: gain_recovered(loss_mixed[d], loss_method.get(d), loss_oracle.get(d), eps) if real_gap([d]) else None
+                  for d in loss_mixed}
+    if not domains or not real_gap(domains):
         return {"per_domain": per_domain, "mean": None}
     means = [sum(losses[d] for d in domains) / len(domains) for losses in (loss_mixed, loss_method, loss_oracle)]
     return {"per_domain": per_domain, "mean": gain_recovered(*means, eps=eps)}
@@ -332,6 +352,7 @@ def evaluate_condition(
     losses = _mean_by_domain(test_records, per_record)
     entry = {
         "test_loss": losses,
+        "record_losses": _by_domain(test_records, per_record),
         "mean_test_loss": macro_mean(losses),
         "perplexity": perplexity(losses),
         "oracle_gain_recovered": None,
@@ -353,6 +374,8 @@ def add_oracle_gain(conditions: dict, mixed: str = "mixed", oracle: str = "oracl
     for entry in conditions.values():
         entry["oracle_gain_recovered"] = None
         if mixed in conditions and oracle in conditions:
-            gain = oracle_gain_recovered(conditions[mixed]["test_loss"], entry["test_loss"], conditions[oracle]["test_loss"])
+            gain = oracle_gain_recovered(conditions[mixed]["test_loss"], entry["test_loss"], conditions[oracle]["test_loss"],
+                                         records_mixed=conditions[mixed].get("record_losses"),
+                                         records_oracle=conditions[oracle].get("record_losses"))
             entry["oracle_gain_recovered"] = gain["mean"]
     return conditions

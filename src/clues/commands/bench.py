@@ -34,11 +34,16 @@ def _methods(text: str) -> list[str]:
     return methods
 
 
-def _run(values: dict, methods: list[str], match_count: bool, flags: dict, source: str, collab: str) -> dict:
+def _run(values: dict, methods: list[str], match_count: bool, flags: dict, source: str, collab: str,
+         sections: dict | None = None) -> dict:
     values = dict(values)
     for key, value in flags.items():
         if value is not None:
             values[key] = str(value)
+    for section, options in (sections or {}).items():
+        given = {k: v for k, v in options.items() if v is not None}
+        if given:
+            values[section] = {**values.get(section, {}), **given}
     values["conditions"] = ["mixed", *methods, "oracle"]
     values["select"] = {**values.get("select", {}), "match_count": match_count}
     values["_source"] = source
@@ -71,6 +76,8 @@ def bench(
     collab: str = typer.Option("merge", "--collab", help="merge (TIES merging of the silos' adapters) or federated (FedAvg on Flower's simulation engine)."),
     match_count: bool = typer.Option(False, "--match-count", help="Every method keeps, per silo, as many records as CLUES kept."),
     model: Optional[str] = typer.Option(None, "--model", help="'default', 'smollm2-135m' or a local Hugging Face folder."),
+    merge: Optional[str] = typer.Option(None, "--merge", help="ties (default), linear, dare_ties, dare_linear."),
+    merge_space: Optional[str] = typer.Option(None, "--merge-space", help="factor (default, as PEFT) or delta (exact B@A)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the benchmark build."),
     out: Path = typer.Option(Path("clues-bench"), "--out", help="Output folder. Rerun to resume."),
 ) -> None:
@@ -84,11 +91,13 @@ def bench(
     chosen = _methods(methods)
     folder = "run" if collab == "merge" else "federated"
     flags = {"model": model}
+    sections = {"merge": {"method": merge, "space": merge_space}}
+    also = "".join(f" --{flag} {value}" for flag, value in (("merge", merge), ("merge-space", merge_space)) if value)
     started = time.perf_counter()
     if config_file is not None:
         values = config_values(config_file, [], {}, {})
         values.setdefault("out", str(out / folder))
-        _run(values, chosen, match_count, flags, f"clues bench --config {config_file}", collab)
+        _run(values, chosen, match_count, flags, f"clues bench --config {config_file}{also}", collab, sections)
     elif scenario == SWEEP:
         from clues.sweep import write_sweep
 
@@ -97,9 +106,9 @@ def bench(
             name = f"pollution-{round(100 * share)}"
             console.rule(f"[bold]{name}[/bold]")
             runs[share] = _run(benchmark_values(out / name, name, seed, folder), chosen, match_count, flags,
-                               f"clues bench --scenario {name}", collab)
+                               f"clues bench --scenario {name}{also}", collab, sections)
         paths = write_sweep(runs, out)
         console.print(f"sweep summary: {paths['markdown']}  {paths['html']}")
     else:
-        _run(benchmark_values(out, scenario, seed, folder), chosen, match_count, flags, f"clues bench --scenario {scenario}", collab)
+        _run(benchmark_values(out, scenario, seed, folder), chosen, match_count, flags, f"clues bench --scenario {scenario}{also}", collab, sections)
     console.print(f"bench wall time: {time.perf_counter() - started:.0f} s")
