@@ -1,4 +1,4 @@
-"""The perplexity, IFD and RDS baselines against slow, written-out references on the tiny Llama.
+"""The perplexity, tail, IFD and RDS baselines against slow, written-out references on the tiny Llama.
 
 The references score one record at a time: a batch of one, the raw logits or hidden states, and
 every step written out here (log_softmax and an explicit gather of the response tokens' log-probs,
@@ -40,13 +40,27 @@ def _inputs(model_dir, validation, batch_size=8):
                          settings=ScoreSettings(batch_size=batch_size), max_length=MAX_LENGTH)
 
 
-def _response_logprob_loss(model, input_ids, first_response):
-    """Minus the mean log-prob of tokens ``input_ids[first_response:]``, each given all tokens before it."""
+def _response_token_losses(model, input_ids, first_response) -> list[float]:
+    """Minus the log-prob of each token ``input_ids[first_response:]``, given all tokens before it."""
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([input_ids])).logits[0].double()
     logp = torch.log_softmax(logits, dim=-1)
-    picked = [logp[p - 1, input_ids[p]] for p in range(first_response, len(input_ids))]
-    return -float(torch.stack(picked).mean())
+    return [-float(logp[p - 1, input_ids[p]]) for p in range(first_response, len(input_ids))]
+
+
+def _response_logprob_loss(model, input_ids, first_response):
+    """Minus the mean log-prob of tokens ``input_ids[first_response:]``, each given all tokens before it."""
+    losses = _response_token_losses(model, input_ids, first_response)
+    return sum(losses) / len(losses)
+
+
+def _reference_tail(model, tokenizer, record):
+    """Mean of the worst tenth (at least one) of the response tokens' losses given the prompt, written out."""
+    enc = encode(record, tokenizer, MAX_LENGTH)
+    n_prompt = sum(1 for label in enc["labels"] if label == IGNORE_INDEX)
+    losses = sorted(_response_token_losses(model, enc["input_ids"], n_prompt), reverse=True)
+    worst = losses[: max(1, len(losses) // 10)]
+    return sum(worst) / len(worst)
 
 
 def _reference_losses(model, tokenizer, record):
@@ -95,6 +109,22 @@ def test_perplexity_and_ifd_match_reference(setup):
         assert ifd[i].item() == pytest.approx(-conditioned / alone, rel=1e-5)
 
 
+def test_tail_matches_reference_and_differs_from_the_mean(setup):
+    model_dir, model, tokenizer, data, validation = setup
+    inputs = _inputs(model_dir, validation)
+    tail = score_records("tail", inputs, {"data": data})["data"]
+    perplexity = score_records("perplexity", inputs, {"data": data})["data"]
+    lengths = []
+    for i, record in enumerate(data):
+        assert tail[i].item() == pytest.approx(-_reference_tail(model, tokenizer, record), rel=1e-5)
+        enc = encode(record, tokenizer, MAX_LENGTH)
+        lengths.append(sum(1 for label in enc["labels"] if label != IGNORE_INDEX))
+    assert min(lengths) < 10 <= max(lengths)  # the one-token floor and a real tenth are both exercised
+    # the worst tokens are worse than the average token
+    assert all(t <= p + 1e-6 for t, p in zip(tail.tolist(), perplexity.tolist()))
+    assert any(t < p - 1e-3 for t, p in zip(tail.tolist(), perplexity.tolist()))
+
+
 def test_rds_matches_reference(setup):
     model_dir, model, tokenizer, data, validation = setup
     scores = score_records("rds", _inputs(model_dir, validation), {"data": data})["data"]
@@ -123,7 +153,7 @@ def test_last_hidden_state_is_after_the_final_norm(setup):
     torch.testing.assert_close(model.lm_head(out.hidden_states[-1]), out.logits)
 
 
-@pytest.mark.parametrize("method", ["perplexity", "ifd", "rds"])
+@pytest.mark.parametrize("method", ["perplexity", "tail", "ifd", "rds"])
 def test_batched_equals_one_at_a_time_and_anchors_scored_alike(setup, method):
     model_dir, _, _, data, validation = setup
     anchors = [data[6], data[0], data[7]]

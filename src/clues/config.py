@@ -15,7 +15,7 @@ Every option of training, scoring, thresholding and merging is reachable from th
     test = "test.jsonl"
     labels = "labels.jsonl"          # optional: known pollution (benchmarks only)
     probe = "probe.jsonl"            # optional: corrupted twins of test answers (the quality probe)
-    conditions = ["mixed", "clues", "oracle"]   # add baselines: "loss", "perplexity", "ifd", "datainf", "less", "rds", "random"
+    conditions = ["mixed", "clues", "oracle"]   # add: "clues+perplexity+tail", "loss", "perplexity", "tail", "ifd", "datainf", "less", "rds", "random"
     equal_steps = true               # retraining conditions take as many optimizer steps as "mixed"
 
     [silos]

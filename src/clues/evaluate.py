@@ -49,8 +49,8 @@ def _eval_mode(model):
 
 
 def encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_size: int,
-                   prefix_start: int | None = None) -> list[float]:
-    """Per-record losses of already encoded records, in input order.
+                   prefix_start: int | None = None, reduction: str = "mean") -> list[float]:
+    """Per-record losses of already encoded records, in input order (``reduction``: :data:`clues.loss.REDUCTIONS`).
 
     ``prefix_start``: the layer whose input the frozen-prefix cache holds for every condition
     evaluated (the run's first LoRA layer), so that the base model and every adapter share it."""
@@ -62,23 +62,24 @@ def encoded_losses(model, encodings: Sequence[dict], pad_token_id: int, batch_si
         fill_prefix(model, encodings, pad_token_id, batch_size, start=prefix_start)
         for indices in length_sorted_batches(lengths, batch_size):
             batch = pad_batch([encodings[i] for i in indices], pad_token_id)
-            for i, loss in zip(indices, batch_record_losses(model, batch).tolist()):
+            for i, loss in zip(indices, batch_record_losses(model, batch, reduction).tolist()):
                 losses[i] = loss
     return losses
 
 
 def record_losses(
     model, tokenizer, records: Sequence[Record], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 16,
-    template: str = "alpaca", console=None, prefix_start: int | None = None,
+    template: str = "alpaca", console=None, prefix_start: int | None = None, reduction: str = "mean",
 ) -> list[float]:
-    """The project loss of each record (mean over its response tokens), in input order, without gradients.
+    """The project loss of each record (mean over its response tokens), in input order, without gradients;
+    ``reduction="tail"``: the mean of its worst tenth of response tokens instead (:func:`clues.loss.reduce_tokens`).
 
     ``console`` (a rich Console) gets the truncation summary when any record had to be cut.
     """
     if not records:
         return []
     encodings, _ = encode_all(records, tokenizer, max_length, template, console=console)
-    return encoded_losses(model, encodings, padding_id(tokenizer), batch_size, prefix_start)
+    return encoded_losses(model, encodings, padding_id(tokenizer), batch_size, prefix_start, reduction)
 
 
 def _by_domain(records: Sequence[Record], values: Sequence[float]) -> dict[str, list[float]]:

@@ -11,6 +11,7 @@ method         score (higher = keep)                                   model
 ``clues``      sum_c eta_c <G_c(z), g_val,c> (:mod:`clues.scoring`)    the silo's warm-up checkpoints
 ``loss``       minus the loss under a run that never saw the record   two half runs (warm-up settings)
 ``perplexity`` minus the response loss given the instruction           the base model
+``tail``       minus the loss of the worst tenth of response tokens    the base model
 ``ifd``        minus loss(response | instruction) / loss(response)     the base model
 ``datainf``    minus the DataInf influence on the validation loss      the warm-up run's last checkpoint
 ``less``       max over domains of sum_c eta_c cos(G_c(z), g_val,d,c)   the silo's warm-up checkpoints
@@ -38,11 +39,12 @@ from clues.errors import CluesError
 from clues.scoring.engine import ScoreSettings
 
 # Selection methods, in the order a benchmark runs them (random needs the count CLUES kept).
-METHODS = ("clues", *FUSIONS, "loss", "perplexity", "ifd", "datainf", "less", "rds", "random")
+METHODS = ("clues", *FUSIONS, "loss", "perplexity", "tail", "ifd", "datainf", "less", "rds", "random")
 _SCORERS = {
     "clues": ("clues.baselines.trace", "clues_scores"),
     "loss": ("clues.baselines.heldout_loss", "heldout_loss_scores"),
     "perplexity": ("clues.baselines.likelihood", "perplexity_scores"),
+    "tail": ("clues.baselines.likelihood", "tail_scores"),
     "ifd": ("clues.baselines.likelihood", "ifd_scores"),
     "datainf": ("clues.baselines.datainf", "datainf_scores"),
     "less": ("clues.baselines.less", "less_scores"),

@@ -72,7 +72,7 @@ def _federated(values: dict) -> dict:
 def bench(
     scenario: Optional[str] = typer.Option(None, "--scenario", help="Shipped scenario (see `clues data scenarios`), or 'pollution' for the 20/50/80% sweep."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A `clues run` TOML with labels: bench your own consortium."),
-    methods: str = typer.Option("all", "--methods", help="Comma-separated: clues,loss,perplexity,ifd,datainf,less,rds,random (default all)."),
+    methods: str = typer.Option("all", "--methods", help="Comma-separated: clues, clues+perplexity+tail, clues+perplexity+ifd, loss, perplexity, tail, ifd, datainf, less, rds, random (default all)."),
     collab: str = typer.Option("merge", "--collab", help="merge (TIES merging of the silos' adapters) or federated (FedAvg on Flower's simulation engine)."),
     match_count: bool = typer.Option(False, "--match-count", help="Every method keeps, per silo, as many records as CLUES kept."),
     model: Optional[str] = typer.Option(None, "--model", help="'default', 'smollm2-135m' or a local Hugging Face folder."),

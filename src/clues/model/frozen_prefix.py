@@ -223,8 +223,9 @@ def _plain(encoding: dict) -> dict:
     return {k: encoding[k] for k in ("input_ids", "labels")}
 
 
-def record_losses(model, batch: dict) -> torch.Tensor:
-    """Per-record losses ``[batch]`` of a padded batch (from :func:`clues.data.batching.pad_batch`).
+def record_losses(model, batch: dict, reduction: str = "mean") -> torch.Tensor:
+    """Per-record losses ``[batch]`` of a padded batch (from :func:`clues.data.batching.pad_batch`),
+    reduced over each record's response tokens as ``reduction`` says (:data:`clues.loss.REDUCTIONS`).
 
     Uses the cached prefix when the batch carries one, and response-only logits whenever the model
     allows; otherwise the plain forward. Equal to ``per_record_loss(model(...).logits, labels)``.
@@ -239,7 +240,7 @@ def record_losses(model, batch: dict) -> torch.Tensor:
         if "prefix" in batch:
             raise CluesError("this model type cannot run from a cached prefix")
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, use_cache=False).logits
-        return per_record_loss(logits, labels)
+        return per_record_loss(logits, labels, reduction)
     decoder, head, _ = parts
     if "prefix" in batch:
         start = batch["prefix_layer"]
@@ -252,4 +253,4 @@ def record_losses(model, batch: dict) -> torch.Tensor:
                              use_cache=False).last_hidden_state
     else:
         hidden = decoder(input_ids=batch["input_ids"].to(device), attention_mask=mask, use_cache=False).last_hidden_state
-    return response_losses(hidden, head, labels)
+    return response_losses(hidden, head, labels, reduction)
