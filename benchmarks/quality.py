@@ -11,7 +11,9 @@ AUROC overall and per corruption type, clean recall, precision and its margin ov
     python benchmarks/quality.py --model smollm2-135m --scenario mixed-small --methods clues,clues+ifd --seeds 4,5,6
 
 Seeds 1-3 of mixed-small are design seeds (benchmarks/signals.py, design_study.py) and 0 is the
-demo's: report on others. Writes ``benchmarks/results/quality-<scenario>.json`` and prints Markdown.
+demo's: report on others. ``--merge``/``--merge-space`` set the merge, ``--collab federated`` runs
+FedAvg instead (its ``fl-x`` conditions are read as ``x``). Writes
+``benchmarks/results/quality-<scenario>-<model>[-<regime>].json`` and prints Markdown.
 """
 
 from __future__ import annotations
@@ -33,19 +35,24 @@ KINDS = ("incomplete_answer", "mismatched_answer", "mixed_language", "random_noi
 def run_bench(args, seed: int) -> dict:
     merge = [flag for name, value in (("--merge", args.merge), ("--merge-space", args.merge_space)) if value
              for flag in (name, value)]
-    regime = "".join(f"-{value}" for value in (args.merge, args.merge_space) if value)
-    out = Path(args.work) / f"{args.scenario}-{args.model}{regime}-seed{seed}"
-    results = out / "run" / "results.json"
+    out = Path(args.work) / f"{args.scenario}-{args.model}{regime_name(args)}-seed{seed}"
+    results = out / ("run" if args.collab == "merge" else "federated") / "results.json"
     if not results.is_file():
         subprocess.run(["clues", "bench", "--scenario", args.scenario, "--model", args.model, "--methods", args.methods,
-                        "--seed", str(seed), "--out", str(out), *merge], check=True)
+                        "--seed", str(seed), "--out", str(out), "--collab", args.collab, *merge], check=True)
     return json.loads(results.read_text(encoding="utf-8"))
 
 
+def regime_name(args) -> str:
+    """What tells this regime's runs and result file apart: ``-federated``, ``-linear-delta``, or nothing."""
+    return "".join(f"-{value}" for value in (args.merge, args.merge_space, args.collab != "merge" and args.collab) if value)
+
+
 def condition_values(results: dict) -> dict[str, dict[str, float]]:
-    """``{condition: {metric: value}}`` of one seed."""
+    """``{condition: {metric: value}}`` of one seed (federated ``fl-x`` read as ``x``)."""
     out = {}
     for name, c in results["conditions"].items():
+        name = name.removeprefix("fl-")
         row = {"test loss": c.get("mean_test_loss")}
         mcq = c.get("mcq_accuracy") or {}
         if mcq:
@@ -62,6 +69,7 @@ def selection_values(results: dict) -> dict[str, dict[str, float]]:
     """``{method: {metric: mean over silos}}`` of one seed (AUROC per corruption from the score replies)."""
     out = {}
     for method, silos in (results.get("selection") or {}).items():
+        method = method.removeprefix("fl-")
         rows = list(silos.values())
         clean_share = statistics.fmean(s["clean_total"] / s["total"] for s in rows)
         row = {"AUROC": statistics.fmean(s["auroc"] for s in rows if s.get("auroc") is not None),
@@ -102,6 +110,20 @@ def paired(per_seed: list[dict], reference: str = "mixed") -> dict:
     return summarise(deltas)
 
 
+def pooled_probe(results: list[dict], reference: str = "mixed") -> dict:
+    """Per condition: the paired probe difference to ``reference`` over the pairs of every seed pooled
+    (``clues.stats.paired_difference``: mean and 95% half-width), next to the coarser interval over seeds."""
+    from clues.stats import paired_difference
+
+    wins: dict[str, list[float]] = {}
+    for seed in results:
+        for name, c in seed["conditions"].items():
+            wins.setdefault(name.removeprefix("fl-"), []).extend((c.get("preference") or {}).get("wins") or [])
+    base = wins.get(reference) or []
+    return {name: paired_difference(w, base) for name, w in wins.items()
+            if name != reference and w and len(w) == len(base)}
+
+
 def gain_recovered(per_seed: list[dict], metric: str = "probe") -> dict:
     """Oracle gain recovered on ``metric`` (higher is better): (method - mixed) / (oracle - mixed), over the seed means."""
     means = summarise(per_seed)
@@ -129,11 +151,12 @@ def markdown(summary: dict) -> str:
     lines.append("|---" * (len(cols) + 2) + "|")
     for name, row in conditions.items():
         lines.append(f"| {name} | {fmt(row.get('test loss'))} | " + " | ".join(fmt(row.get(c), percent=True) for c in cols) + " |")
-    lines.append("\nDifference to mixed, same seed (95% t-interval over seeds):\n")
-    lines.append("| condition | test loss | probe | MCQ accuracy |\n|---|---|---|---|")
+    lines.append("\nDifference to mixed, same seed (95% t-interval over seeds; probe pooled: 95% interval over the "
+                 "probe pairs of all seeds):\n")
+    lines.append("| condition | test loss | probe | probe pooled | MCQ accuracy |\n|---|---|---|---|---|")
     for name, row in deltas.items():
         lines.append(f"| {name} | {fmt(row.get('test loss'), signed=True)} | {fmt(row.get('probe'), True, True)} | "
-                     f"{fmt(row.get('MCQ accuracy'), True, True)} |")
+                     f"{fmt(summary['pooled'].get(name), True, True)} | {fmt(row.get('MCQ accuracy'), True, True)} |")
     if summary["gain_recovered"]:
         shown = ", ".join(f"{n} {('–' if g is None else f'{g:.2f}')}" for n, g in summary["gain_recovered"].items())
         lines.append(f"\nOracle gain recovered on the probe (ratio of seed means): {shown}\n")
@@ -153,6 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--scenario", default="mixed-small")
     parser.add_argument("--methods", default="clues,clues+ifd")
+    parser.add_argument("--collab", default="merge", choices=("merge", "federated"), help="clues bench --collab")
     parser.add_argument("--merge", default=None, help="clues bench --merge (default: the run's, TIES)")
     parser.add_argument("--merge-space", default=None, help="clues bench --merge-space (default: factor)")
     parser.add_argument("--seeds", default="4,5,6")
@@ -162,11 +186,10 @@ def main(argv=None) -> int:
 
     results = [run_bench(args, int(seed)) for seed in args.seeds.split(",")]
     per_seed = [condition_values(r) for r in results]
-    summary = {"conditions": summarise(per_seed), "vs_mixed": paired(per_seed),
+    summary = {"conditions": summarise(per_seed), "vs_mixed": paired(per_seed), "pooled": pooled_probe(results),
                "gain_recovered": gain_recovered(per_seed), "selection": summarise([selection_values(r) for r in results])}
     print(markdown(summary))
-    regime = "".join(f"-{value}" for value in (args.merge, args.merge_space) if value)
-    out = write_result(args.out or HERE / "results" / f"quality-{args.scenario}-{args.model}{regime}.json", "quality", "quality.py", argv,
+    out = write_result(args.out or HERE / "results" / f"quality-{args.scenario}-{args.model}{regime_name(args)}.json", "quality", "quality.py", argv,
                        seeds=args.seeds, per_seed=per_seed, summary=summary)
     print(f"wrote {out}")
     return 0

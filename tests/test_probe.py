@@ -87,6 +87,11 @@ def test_paired_difference_and_verdict():
     assert lines[2].startswith("**random**: better than") and lines[2].endswith("It recovers 50% of the oracle's gain.")
     results["conditions"]["oracle"] = {"preference": {"wins": [0.0] * 50 + [1.0] * 50}}  # no gain: nothing to recover
     assert not any("recovers" in line for line in verdict(results))
+    # federated conditions against their own references, in the same results (clues federate --compare)
+    results["conditions"].update({f"fl-{name}": entry for name, entry in results["conditions"].items()})
+    federated = verdict(results)[3:]
+    assert [line.split("**")[1] for line in federated] == ["fl-clues", "fl-oracle", "fl-random"]
+    assert "training on clean records only" in federated[1]
 
 
 def test_a_retraining_condition_takes_as_many_steps_as_training_on_all_records(tiny_model_dir, tmp_path):

@@ -29,29 +29,41 @@ def _wins(condition: Mapping) -> list[float] | None:
 
 
 def verdict(results: Mapping) -> list[str]:
-    """One sentence per selected condition against ``mixed`` (and ``oracle`` against ``mixed``)."""
+    """One sentence per selected condition against ``mixed`` (and ``oracle`` against ``mixed``).
+
+    Federated conditions (``fl-*``) are compared with ``fl-mixed`` and ``fl-oracle``, each family
+    against its own references (a run compared with ``--compare`` holds both).
+    """
     conditions = results.get("conditions") or {}
-    mixed = _wins(conditions.get("mixed") or {})
+    lines = []
+    for prefix in ("", "fl-"):
+        family = {name: entry for name, entry in conditions.items() if name.startswith("fl-") == bool(prefix)}
+        lines += _family_verdict(family, prefix)
+    return lines
+
+
+def _family_verdict(conditions: Mapping, prefix: str) -> list[str]:
+    mixed = _wins(conditions.get(f"{prefix}mixed") or {})
     if not mixed:
         return []
-    oracle = _wins(conditions.get("oracle") or {})
+    oracle = _wins(conditions.get(f"{prefix}oracle") or {})
     # The oracle's gain over all records, when it is more than noise: what selection can recover.
     gap = (sum(oracle) - sum(mixed)) / len(mixed) if oracle and clearly_above(oracle, mixed) else None
     lines = []
     for name, entry in conditions.items():
         wins = _wins(entry)
-        if name in ("mixed", "base") or not wins:
+        if name in (f"{prefix}mixed", "base") or not wins:
             continue
         diff = paired_difference(wins, mixed)
         if diff is None:
             continue
         mean, half = diff
-        what = "training on clean records only" if name == "oracle" else f"training on the records {name} kept"
+        what = "training on clean records only" if name == f"{prefix}oracle" else f"training on the records {name} kept"
         lines.append(
             f"**{name}**: {judge(mean, half)} training on all records: {what} prefers the real answer "
             f"over a corrupted one in {100 * sum(wins) / len(wins):.1f}% of {len(wins)} probe pairs, against "
             f"{100 * sum(mixed) / len(mixed):.1f}% ({100 * mean:+.1f} points, 95% interval "
             f"{100 * (mean - half):+.1f} to {100 * (mean + half):+.1f}, over test questions of this one seed)."
-            + (f" It recovers {100 * mean / gap:.0f}% of the oracle's gain." if gap and name != "oracle" else "")
+            + (f" It recovers {100 * mean / gap:.0f}% of the oracle's gain." if gap and name != f"{prefix}oracle" else "")
         )
     return lines
