@@ -95,6 +95,12 @@ def test_fed_score_is_eta_times_each_records_gradient_along_the_direction(silo_f
     silo.handle(Message(protocol.FED_SCORE, meta2, {**adapter, **wire}))
     summed = [row["score"] for row in read_jsonl(tmp_path / "clinic" / "scores.jsonl")]
     assert summed == pytest.approx([3 * e for e in expected], rel=1e-4, abs=1e-7)
+    # a later run in the same folder that scores rounds 2 and 3 only: round 1's column is not its own
+    meta3 = {**meta, "round": 3, "checkpoint": "round-3", "eta": eta, "checkpoints": ["round-2", "round-3"]}
+    reply = silo.handle(Message(protocol.FED_SCORE, meta3, {**adapter, **wire}))
+    assert reply.meta["checkpoints"] == ["round-2", "round-3"]
+    rescored = [row["score"] for row in read_jsonl(tmp_path / "clinic" / "scores.jsonl")]
+    assert rescored == pytest.approx([3 * e for e in expected], rel=1e-4, abs=1e-7)
 
 
 def test_fedavg_rounds_of_local_adamw_steps_match_a_plain_loop(silo_files, tiny_model_dir, tmp_path, one_thread):

@@ -205,7 +205,7 @@ class FederatedServer:
         silo_anchors = needs_moments(settings.precondition)
         meta = {"round": round_, "checkpoint": f"round-{round_}", "eta": eta, "config": train.to_dict(),
                 "settings": {k: v for k, v in asdict(settings).items() if k in ("precondition", "params", "batch_size")},
-                "moments_of": "fl-mixed"}
+                "moments_of": "fl-mixed", "checkpoints": [f"round-{r}" for r in self.fed.checkpoints]}
         if silo_anchors:
             meta["anchor"] = [record_to_json(r) for r in self.anchor]
         silos = self._silos()

@@ -4,7 +4,8 @@ At a score round the server sends the global adapter and the validation gradient
 data); every own record gets ``eta * <G(z), g_val>`` (``none`` preconditioner by default; ``adam``
 uses this silo's own persistent moments of the warm-up condition). The per-checkpoint columns are
 kept in the work folder; a checkpoint scored twice (a resent request) replaces its column instead
-of counting twice. The running sum is written as ``scores.jsonl``, the file ``select`` reads, so
+of counting twice, and a column of a checkpoint the run does not score (``checkpoints`` of the
+request: left by an earlier run with other score rounds in the same folder) is dropped. The running sum is written as ``scores.jsonl``, the file ``select`` reads, so
 selection is the very code of merging mode. The reply carries a summary and a binned histogram,
 never a per-record score (and, with ``adam``, the scores of the *public* anchor records).
 """
@@ -59,6 +60,8 @@ def answer(silo, message: Message) -> Message:
         anchor_enc = compact_encodings(anchors, tokenizer, config.max_length, config.template)
         reply["anchor_scores"] = (eta * scorer.score(anchor_enc, direction, settings.precondition, moments)).tolist()
     columns = _score_columns(silo)
+    if "checkpoints" in meta:  # this run's score rounds: a column of any other is an earlier run's
+        columns = {name: values for name, values in columns.items() if name in meta["checkpoints"]}
     columns[meta["checkpoint"]] = column
     write_json(silo.workdir / "federated" / "score_columns.json", columns)
     names = sorted(columns, key=_checkpoint_order)
