@@ -279,6 +279,10 @@ def test_bad_flag_values_are_refused_like_config_values(files, tmp_path, clues_h
         code, text = clues_here("train", "--data", files["good"], "--out", tmp_path / "run", flag, value)
         assert_error(code, text, needle)
         assert not (tmp_path / "run").exists()
+    # the demo checks its merge before it builds its benchmark
+    code, text = clues_here("demo", "--model", "default", "--merge", "magic", "--out", tmp_path / "demo")
+    assert_error(code, text, "--merge/--merge-space: method must be one of")
+    assert not (tmp_path / "demo").exists()
 
 
 # --- thresholds -------------------------------------------------------------------------------------------

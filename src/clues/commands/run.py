@@ -121,13 +121,23 @@ def demo(
     scenario: Optional[str] = typer.Option(None, "--scenario", help="Shipped benchmark scenario (see `clues data scenarios`); default mixed-small on smollm2-135m, mixed on the default model."),
     seed: int = typer.Option(0, "--seed", help="Seed of the benchmark build."),
     model: str = typer.Option(DEMO_MODEL, "--model", help="smollm2-135m (the real model, default), 'default' (the shipped 2.1M model, seconds per stage) or a local Hugging Face folder."),
+    merge: Optional[str] = typer.Option(None, "--merge", help="ties (default, the paper's), linear, dare_ties, dare_linear."),
+    merge_space: Optional[str] = typer.Option(None, "--merge-space", help="factor (default, as PEFT) or delta (exact B@A)."),
 ) -> None:
     """The whole method on a shipped benchmark with known pollution, on the real SmolLM2-135M-Instruct."""
+    from clues.config import MergeSettings
+
     started = time.perf_counter()
     scenario = scenario or ("mixed-small" if model == DEMO_MODEL else "mixed")
+    given = {"method": merge, "space": merge_space}
+    try:  # a bad flag is refused before anything is built
+        MergeSettings(**{k: v for k, v in given.items() if v})
+    except CluesError as exc:
+        raise CluesError(f"--merge/--merge-space: {exc}") from None
     values = benchmark_values(out, scenario, seed)
-    values.update(conditions=list(DEMO_CONDITIONS), model=model,
-                  _source=f"clues demo --scenario {scenario} --model {model}")
+    also = "".join(f" --{flag} {value}" for flag, value in (("merge", merge), ("merge-space", merge_space)) if value)
+    values.update(conditions=list(DEMO_CONDITIONS), model=model, merge={k: v for k, v in given.items() if v},
+                  _source=f"clues demo --scenario {scenario} --model {model}{also}")
     _execute(values)
     console.print(f"demo wall time: {time.perf_counter() - started:.0f} s")
 
