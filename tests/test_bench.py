@@ -176,7 +176,8 @@ def test_pooled_selection_and_sweep_table(tmp_path):
 
 
 def test_federated_bench_trains_every_method_with_fedavg(consortium, tiny_model_dir, tmp_path):
-    """In-process silos: each baseline is scored in the silos, thresholded globally, then trained with FedAvg."""
+    """In-process silos: each baseline is scored in the silos, thresholded per silo as in merging mode, then
+    trained with FedAvg."""
     from clues.config import FedSettings
     from clues.data import load_records
     from clues.metrics import load_labels
@@ -195,10 +196,14 @@ def test_federated_bench_trains_every_method_with_fedavg(consortium, tiny_model_
                               Console(quiet=True)).run()
     assert set(results["conditions"]) == {"fl-mixed", "fl-oracle", *(f"fl-{m}" for m in METHODS)}
     assert set(results["selection"]) == {f"fl-{m}" for m in METHODS}
+    anchor_records = load_records(public["anchor"])
     for name in silos:
         assert results["selection"]["fl-random"][name]["kept"] == results["selection"]["fl-clues"][name]["kept"]
-        taus = {results["selection"]["fl-perplexity"][n]["tau"] for n in silos}
-        assert len(taus) == 1  # one global tau per method
+        for method in ("perplexity", "clues+perplexity+tail"):  # each silo's tau from its own-domain anchors
+            reply = _stage(out, f"fl-{method}")["value"]["scores"][name]
+            own = own_domain_anchors(reply, anchor_records)
+            assert len(own) < len(reply["anchor_scores"])
+            assert results["selection"][f"fl-{method}"][name]["tau"] == threshold(own, "conformal:0.1")
     # LESS and DataInf needed a local warm-up run in every silo, trained once for both
     assert [r["kind"] for r in results["federated"]["rounds"]].count(protocol.TRAIN) == 1
     report = (out / "report.md").read_text()

@@ -117,7 +117,12 @@ def test_simulation_writes_results_with_the_federated_conditions(simulated):
     assert set(saved["conditions"]) == FL_CONDITIONS
     for entry in saved["conditions"].values():
         assert set(entry["test_loss"]) and entry["mean_test_loss"] > 0
-    assert saved["conditions"]["fl-oracle"]["oracle_gain_recovered"] == pytest.approx(1.0)
+    # the oracle recovers all of its own gain, where it has one beyond noise (per-record test losses)
+    from clues.stats import clearly_above
+
+    mixed, oracle = (saved["conditions"][c]["record_losses"] for c in ("fl-mixed", "fl-oracle"))
+    real_gain = clearly_above([x for d in sorted(mixed) for x in mixed[d]], [x for d in sorted(oracle) for x in oracle[d]])
+    assert saved["conditions"]["fl-oracle"]["oracle_gain_recovered"] == (pytest.approx(1.0) if real_gain else None)
     for condition in FL_CONDITIONS:
         curve = saved["federated"]["curves"][condition]
         assert [p["round"] for p in curve] == [1, 2, 3] and all(p["mean_test_loss"] > 0 for p in curve)

@@ -326,10 +326,12 @@ class RunConfig:
 # Scoring defaults of a run, under what the config says. The validation gradient is that of the
 # silo's own domain(s) only (w_other = 0; the paper mixes every domain, the authors' own script gives
 # the other languages weight 0): mixing domains inverts the ranking of other-language answers in the
-# English silos (docs/benchmarks.md, "The real model"). `clues federate` keeps w_other = 1.
+# English silos (docs/benchmarks.md, "The real model"). Federated CLUES scores along one global
+# direction instead (every domain weighs the same: the global model serves them all); the methods a
+# silo scores on its own warm-up run (a fusion's CLUES part, LESS, DataInf) keep these defaults there too.
 SCORE_DEFAULTS = {"w_other": 0.0}
 # Federated scoring defaults to plain gradients: the global model's Adam moments live in the silos.
-FEDERATED_SCORE_DEFAULTS = {"precondition": "none", "w_other": 1.0}
+FEDERATED_SCORE_DEFAULTS = {"precondition": "none"}
 # Threshold defaults of a run, under what the config says: per silo, from the anchors of its own
 # domain, at the rank that keeps a clean record with probability >= 90% when anchors and clean
 # records are exchangeable (clues.select.conformal_rank). The paper's pooled anchor mean kept about

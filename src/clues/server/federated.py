@@ -275,10 +275,13 @@ class FederatedServer:
 
         return self._stage(condition, None, work)
 
-    def select(self, tau: float | None, method: str = "clues", counts: Mapping[str, int] | None = None) -> dict:
-        """Every silo keeps ``score >= tau`` of ``method``'s scores, or (``counts``) its ``counts[silo]`` best records."""
+    def select(self, tau: float | Mapping[str, float] | None, method: str = "clues",
+               counts: Mapping[str, int] | None = None) -> dict:
+        """Every silo keeps ``score >= tau`` (its own tau when ``tau`` maps silos to thresholds) of ``method``'s
+        scores, or (``counts``) its ``counts[silo]`` best records."""
         silos = self._silos()
-        requests = {s: Message(protocol.SELECT, {"method": method, **({"count": counts[s]} if counts else {"tau": tau})})
+        taus = tau if isinstance(tau, Mapping) else dict.fromkeys(silos, tau)
+        requests = {s: Message(protocol.SELECT, {"method": method, **({"count": counts[s]} if counts else {"tau": taus[s]})})
                     for s in silos}
         replies = self.fleet.exchange(requests, None)
         self._log_round(f"fl-{method}", 0, protocol.SELECT, silos, replies)
@@ -310,10 +313,12 @@ class FederatedServer:
     def baseline(self, method: str, clues_selection: Mapping[str, dict], initial: dict) -> dict:
         """Score, select and train ``fl-<method>``: its scores, selection, curve and scoring time.
 
-        tau is global (mean of the method's anchor scores pooled over silos); ``random`` and
-        ``--match-count`` keep, per silo, as many records as federated CLUES kept there.
+        A baseline is scored inside each silo, on the silo's own terms, so its tau is set as in merging
+        mode: per silo from the silo's scores of the anchors of its own domain (``[select] mode =
+        "per-silo"``, the default), or one tau from all anchor scores pooled (``"global"``). ``random``
+        and ``--match-count`` keep, per silo, as many records as federated CLUES kept there.
         """
-        from clues.select import threshold
+        from clues.select import own_domain_anchors, silo_thresholds
 
         started = time.perf_counter()
         scores = self.score_method(method)
@@ -322,8 +327,8 @@ class FederatedServer:
             counts = {s: clues_selection[s]["kept"] for s in self.fleet.silos() if s in clues_selection}
             selection = self.select(None, method, counts)
         else:
-            tau = threshold([a for reply in scores.values() for a in reply["anchor_scores"]], self.config.select.policy)
-            selection = self.select(tau, method)
+            own = {name: own_domain_anchors(reply, self.anchor) for name, reply in scores.items()}
+            selection = self.select(silo_thresholds(own, self.config.select.policy, self.config.select.mode), method)
         final, curve, _, _ = self.rounds(f"fl-{method}", initial)
         self._save_adapter(f"fl-{method}", final)
         return {"scores": scores, "selection": selection, "curve": curve, "scoring_seconds": seconds}
