@@ -36,7 +36,7 @@ Every option of training, scoring, thresholding and merging is reachable from th
 
     [merge]
     method = "ties"                  # ties | linear | dare_ties | dare_linear
-    space = "factor"                 # factor | delta
+    space = "delta"                  # delta (the weight changes B@A) | factor (PEFT's, the authors' scripts)
     density = 0.2
 
     [federated]                      # clues federate only (FedSettings)
@@ -202,8 +202,14 @@ MERGE_SPACES = ("factor", "delta")
 
 @dataclass(frozen=True)
 class MergeSettings:
+    """How the silos' adapters become one. TIES at density 0.2 is the paper's; it runs on the real weight
+    changes (``delta``) by default, not on the LoRA factors as PEFT and the authors' scripts do
+    (``factor``): factor-space TIES trims coordinates that mean nothing across adapters, and on the
+    shipped benchmarks it left a merged model in which no training data, clean or not, changed a
+    single probe preference (docs/results.md, "Where selection pays")."""
+
     method: str = "ties"
-    space: str = "factor"
+    space: str = "delta"
     density: float = 0.2
     weights: dict[str, float] | None = None
     delta_rank: int | str | None = None

@@ -77,7 +77,7 @@ def bench(
     match_count: bool = typer.Option(False, "--match-count", help="Every method keeps, per silo, as many records as CLUES kept."),
     model: Optional[str] = typer.Option(None, "--model", help="'default', 'smollm2-135m' or a local Hugging Face folder."),
     merge: Optional[str] = typer.Option(None, "--merge", help="ties (default), linear, dare_ties, dare_linear."),
-    merge_space: Optional[str] = typer.Option(None, "--merge-space", help="factor (default, as PEFT) or delta (exact B@A)."),
+    merge_space: Optional[str] = typer.Option(None, "--merge-space", help="delta (default: the weight changes B@A) or factor (PEFT's, the authors' scripts)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the benchmark build."),
     out: Path = typer.Option(Path("clues-bench"), "--out", help="Output folder. Rerun to resume."),
 ) -> None:

@@ -87,7 +87,7 @@ def run(
     labels: Optional[Path] = typer.Option(None, "--labels", help="labels.jsonl of a benchmark: adds selection metrics and the oracle."),
     model: Optional[str] = typer.Option(None, "--model", help="'default', 'smollm2-135m' or a local Hugging Face folder."),
     merge: Optional[str] = typer.Option(None, "--merge", help="ties (default), linear, dare_ties, dare_linear."),
-    merge_space: Optional[str] = typer.Option(None, "--merge-space", help="factor (default, as PEFT) or delta (exact B@A)."),
+    merge_space: Optional[str] = typer.Option(None, "--merge-space", help="delta (default: the weight changes B@A) or factor (PEFT's, the authors' scripts)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs of every condition (default 3)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
     precondition: Optional[str] = typer.Option(None, "--precondition", help="adam (default), none, sqrtv."),
@@ -122,7 +122,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the benchmark build."),
     model: str = typer.Option(DEMO_MODEL, "--model", help="smollm2-135m (the real model, default), 'default' (the shipped 2.1M model, seconds per stage) or a local Hugging Face folder."),
     merge: Optional[str] = typer.Option(None, "--merge", help="ties (default, the paper's), linear, dare_ties, dare_linear."),
-    merge_space: Optional[str] = typer.Option(None, "--merge-space", help="factor (default, as PEFT) or delta (exact B@A)."),
+    merge_space: Optional[str] = typer.Option(None, "--merge-space", help="delta (default: the weight changes B@A) or factor (PEFT's, the authors' scripts)."),
 ) -> None:
     """The whole method on a shipped benchmark with known pollution, on the real SmolLM2-135M-Instruct."""
     from clues.config import MergeSettings
