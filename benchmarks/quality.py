@@ -124,14 +124,13 @@ def pooled_probe(results: list[dict], reference: str = "mixed") -> dict:
             if name != reference and w and len(w) == len(base)}
 
 
-def gain_recovered(per_seed: list[dict], metric: str = "probe") -> dict:
-    """Oracle gain recovered on ``metric`` (higher is better): (method - mixed) / (oracle - mixed), over the seed means."""
-    means = summarise(per_seed)
-    if "oracle" not in means or "mixed" not in means:
+def gain_recovered(pooled: dict) -> dict:
+    """Oracle gain recovered on the probe: (method - mixed) / (oracle - mixed) of the pooled paired differences,
+    given only when the oracle's own gain is more than noise (its pooled 95% interval excludes zero)."""
+    oracle = pooled.get("oracle")
+    if oracle is None or not oracle[0] - oracle[1] > 0:
         return {}
-    gap = means["oracle"][metric][0] - means["mixed"][metric][0]
-    return {name: ((row[metric][0] - means["mixed"][metric][0]) / gap if gap > 0 else None)
-            for name, row in means.items() if metric in row and name not in ("mixed", "oracle", "base")}
+    return {name: diff[0] / oracle[0] for name, diff in pooled.items() if diff and name not in ("oracle", "base")}
 
 
 def fmt(value: tuple[float, float] | None, percent: bool = False, signed: bool = False) -> str:
@@ -159,7 +158,7 @@ def markdown(summary: dict) -> str:
                      f"{fmt(summary['pooled'].get(name), True, True)} | {fmt(row.get('MCQ accuracy'), True, True)} |")
     if summary["gain_recovered"]:
         shown = ", ".join(f"{n} {('–' if g is None else f'{g:.2f}')}" for n, g in summary["gain_recovered"].items())
-        lines.append(f"\nOracle gain recovered on the probe (ratio of seed means): {shown}\n")
+        lines.append(f"\nOracle gain recovered on the probe (ratio of the pooled differences to mixed): {shown}\n")
     kinds = [f"AUROC {k}" for k in KINDS]
     lines.append("| method | AUROC | " + " | ".join(k.replace("AUROC ", "").replace("_answer", "") for k in kinds)
                  + " | kept | recall (worst silo) | precision - clean share |")
@@ -186,8 +185,9 @@ def main(argv=None) -> int:
 
     results = [run_bench(args, int(seed)) for seed in args.seeds.split(",")]
     per_seed = [condition_values(r) for r in results]
-    summary = {"conditions": summarise(per_seed), "vs_mixed": paired(per_seed), "pooled": pooled_probe(results),
-               "gain_recovered": gain_recovered(per_seed), "selection": summarise([selection_values(r) for r in results])}
+    pooled = pooled_probe(results)
+    summary = {"conditions": summarise(per_seed), "vs_mixed": paired(per_seed), "pooled": pooled,
+               "gain_recovered": gain_recovered(pooled), "selection": summarise([selection_values(r) for r in results])}
     print(markdown(summary))
     out = write_result(args.out or HERE / "results" / f"quality-{args.scenario}-{args.model}{regime_name(args)}.json", "quality", "quality.py", argv,
                        seeds=args.seeds, per_seed=per_seed, summary=summary)
