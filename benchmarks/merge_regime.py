@@ -10,7 +10,8 @@ merged model than all records, i.e. whether there is any gain for a selection to
         --merges ties:factor,linear:delta,ties:delta
 
 A merge is ``METHOD:SPACE`` (``clues run --merge METHOD --merge-space SPACE``). Runs go to
-``WORK/out/<method>-<space>-seed<N>`` and resume. Writes ``benchmarks/results/merge_regime.json``
+``WORK/out/<method>-<space>-seed<N>`` and resume; a merge's run starts from a copy of a finished run
+of the same seed, so the silos train once per seed and each further merge only merges and evaluates. Writes ``benchmarks/results/merge_regime.json``
 and prints Markdown.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +39,12 @@ def run(args, seed: int, merge: str) -> dict:
         build_benchmark(args.scenario, bench, seed=seed)
     out = Path(args.work) / "out" / f"{method}-{space}-seed{seed}"
     if not (out / "results.json").is_file():
+        # The silos' training does not depend on the merge: start from a finished run of this seed, whose
+        # training stages are then reused (resumption by stage key), and only merge and evaluate again.
+        done = sorted(p.parent for p in (Path(args.work) / "out").glob(f"*-seed{seed}/results.json"))
+        if done and not out.exists():
+            shutil.copytree(done[0], out)
+            (out / "results.json").unlink()  # the other merge's: this run writes its own
         config = Path(args.work) / f"{method}-{space}-seed{seed}.toml"
         lines = [f'model = "{args.model}"', *(f'{name} = "{bench / (name + ".jsonl")}"'
                                              for name in ("validation", "anchor", "test", "labels", "probe")),

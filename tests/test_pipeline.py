@@ -94,6 +94,14 @@ def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_
     assert {m for _, _, b in crossed for m in [protocol.Message.from_bytes(b).kind]} >= {protocol.SELECT, protocol.TRAIN}
     assert protocol.SCORE not in {protocol.Message.from_bytes(b).kind for _, _, b in crossed}
     assert all(e["kept"] == e["total"] or e["kept"] >= 1 for e in third["selection"]["clues"].values())
+    # another merge of the same trained silos is another model: merged and evaluated again, as a fresh run would
+    crossed.clear()
+    linear = {**json.loads(json.dumps(_raw(consortium, tiny_model_dir, out))), "select": {"policy": "mean"},
+              "merge": {"method": "linear"}}
+    remerged = Server(make_config(linear), Console(quiet=True)).run()
+    assert protocol.TRAIN not in {protocol.Message.from_bytes(b).kind for _, _, b in crossed}  # training reused
+    fresh = Server(make_config({**linear, "out": str(tmp_path / "fresh")}), Console(quiet=True)).run()
+    assert remerged["conditions"] == fresh["conditions"] != third["conditions"]
 
 
 def _raw(consortium, model_dir, out):

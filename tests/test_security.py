@@ -175,7 +175,7 @@ def test_a_tls_superlink_refuses_plaintext_and_unregistered_supernodes(tmp_path)
     procs = Processes(out / "logs", env)
     try:
         link = procs.start("superlink", superlink_argv(port, out / "superlink.db", security))
-        _wait_port(port, link, 60, "flower-superlink")
+        _wait_port(port, link, 300, "flower-superlink")  # hang guards, generous for a loaded machine
         register_supernodes(security, env, out)  # clinic's key only
         # an HTTPS client that trusts the trial CA gets an answer; a plaintext one does not
         context = ssl.create_default_context(cafile=str(security.tls["ca.pem"]))
@@ -191,7 +191,7 @@ def test_a_tls_superlink_refuses_plaintext_and_unregistered_supernodes(tmp_path)
         # a SuperNode with a key the SuperLink never registered is turned away
         stranger = Security(security.tls, make_node_keys(out / "stranger", ["clinic"]))
         node = procs.start("stranger", supernode_argv("clinic", port, "silo-file='/nonexistent.jsonl'", stranger))
-        assert node.wait(timeout=90) != 0
+        assert node.wait(timeout=300) != 0
         log = (out / "logs" / "superlink.log").read_text()
         assert "No SuperNode found with the given public key" in log and "Activated node_id" not in log
     finally:

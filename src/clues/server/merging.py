@@ -164,8 +164,15 @@ class MergingServer:
         return out
 
     def evaluate(self, condition: str, adapter: Path | None, upstream) -> dict:
-        """Test loss per domain (and MCQ accuracy) of the base model with ``adapter`` (None: the base alone)."""
-        key = {"condition": condition, "upstream": upstream, "test": self.public_key["test"],
+        """Test loss per domain (and MCQ accuracy) of the base model with ``adapter`` (None: the base alone).
+
+        The stage key holds the adapter's own bytes: the same trained silos merged another way (a rerun
+        with another ``[merge]``) are another model, and must not reuse this one's evaluation.
+        """
+        from clues.merge.adapters import CONFIG_FILE, WEIGHTS_FILE
+
+        merged = {name: file_digest(adapter / name) for name in (CONFIG_FILE, WEIGHTS_FILE)} if adapter else None
+        key = {"condition": condition, "upstream": upstream, "adapter": merged, "test": self.public_key["test"],
                "probe": self.public_key.get("probe"),
                "model": self.config.model, "train": self.config.train.to_dict()}
 
