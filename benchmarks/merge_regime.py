@@ -88,7 +88,7 @@ def main(argv=None) -> int:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = {merge: {seed: compare(run(args, seed, merge)) for seed in seeds} for merge in args.merges.split(",")}
-    print("| merge | seed | probe: base / mixed / oracle | oracle - mixed (95% over pairs) | mixed - base | "
+    print("| merge | seed | probe: base / mixed / oracle | probe: oracle - mixed (95% over pairs) | probe: mixed - base | "
           "test loss: base / mixed / oracle |\n|---|---|---|---|---|---|")
     summary = {}
     for merge, by_seed in rows.items():

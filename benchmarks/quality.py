@@ -8,7 +8,7 @@ of every condition against ``mixed`` (same seed, same test questions) with its t
 seeds; the oracle gain recovered on the probe; and the selection of every method (within-silo
 AUROC overall and per corruption type, clean recall, precision and its margin over the clean share).
 
-    python benchmarks/quality.py --model smollm2-135m --scenario mixed-small --methods clues,clues+ifd --seeds 4,5,6
+    python benchmarks/quality.py --model default --scenario mixed --methods clues,clues+perplexity+tail,random --seeds 4,5,6
 
 Seeds 1-3 of mixed-small are design seeds (benchmarks/signals.py, design_study.py) and 0 is the
 demo's: report on others. ``--merge``/``--merge-space`` set the merge, ``--collab federated`` runs
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--scenario", default="mixed-small")
-    parser.add_argument("--methods", default="clues,clues+ifd")
+    parser.add_argument("--methods", default="clues,clues+perplexity+tail")
     parser.add_argument("--collab", default="merge", choices=("merge", "federated"), help="clues bench --collab")
     parser.add_argument("--merge", default=None, help="clues bench --merge (default: the run's, TIES)")
     parser.add_argument("--merge-space", default=None, help="clues bench --merge-space (default: factor)")
