@@ -65,13 +65,6 @@ def response_losses(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.T
     loss only if label t+1 is a response token, so only those rows go through the (large) LM head.
     Same numbers as the full logits, to float rounding.
     """
-    if reduction != "mean":  # token losses back in their places, then the shared reduction
-        shifted_labels = labels[:, 1:]
-        mask = shifted_labels != IGNORE_INDEX
-        rows, cols = mask.nonzero(as_tuple=True)
-        token_loss = torch.zeros(shifted_labels.shape, dtype=torch.float32, device=hidden.device)
-        token_loss[rows, cols] = F.cross_entropy(head(hidden[rows, cols]).float(), shifted_labels[rows, cols], reduction="none")
-        return reduce_tokens(token_loss, mask, reduction)
     shifted_labels = labels[:, 1:]
     mask = shifted_labels != IGNORE_INDEX
     counts = mask.sum(dim=1)
@@ -80,6 +73,10 @@ def response_losses(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.T
     rows, cols = mask.nonzero(as_tuple=True)
     logits = head(hidden[rows, cols]).float()
     token_loss = F.cross_entropy(logits, shifted_labels[rows, cols], reduction="none")
+    if reduction != "mean":  # the token losses back in their places, then the shared reduction
+        placed = torch.zeros(shifted_labels.shape, dtype=token_loss.dtype, device=token_loss.device)
+        placed[rows, cols] = token_loss
+        return reduce_tokens(placed, mask, reduction)
     sums = torch.zeros(labels.shape[0], dtype=token_loss.dtype, device=token_loss.device).index_add(0, rows, token_loss)
     return sums / counts
 
