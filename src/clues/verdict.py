@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from clues.stats import clearly_above, paired_difference
+from clues.stats import paired_difference
 
 
 def judge(mean: float, half: float) -> str:
@@ -46,9 +46,9 @@ def _family_verdict(conditions: Mapping, prefix: str) -> list[str]:
     mixed = _wins(conditions.get(f"{prefix}mixed") or {})
     if not mixed:
         return []
-    oracle = _wins(conditions.get(f"{prefix}oracle") or {})
     # The oracle's gain over all records, when it is more than noise: what selection can recover.
-    gap = (sum(oracle) - sum(mixed)) / len(mixed) if oracle and clearly_above(oracle, mixed) else None
+    oracle = paired_difference(_wins(conditions.get(f"{prefix}oracle") or {}) or [], mixed)
+    gap = oracle[0] if oracle and oracle[0] - oracle[1] > 0 else None
     lines = []
     for name, entry in conditions.items():
         wins = _wins(entry)

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from clues.commands import make_console
-from clues.commands.run import _execute, benchmark_values, config_values
+from clues.commands.run import _execute, add_sections, benchmark_values, config_values, merge_flags
 from clues.errors import CluesError
 
 console = make_console()
@@ -40,10 +40,7 @@ def _run(values: dict, methods: list[str], match_count: bool, flags: dict, sourc
     for key, value in flags.items():
         if value is not None:
             values[key] = str(value)
-    for section, options in (sections or {}).items():
-        given = {k: v for k, v in options.items() if v is not None}
-        if given:
-            values[section] = {**values.get(section, {}), **given}
+    add_sections(values, sections or {})
     values["conditions"] = ["mixed", *methods, "oracle"]
     values["select"] = {**values.get("select", {}), "match_count": match_count}
     values["_source"] = source
@@ -91,8 +88,8 @@ def bench(
     chosen = _methods(methods)
     folder = "run" if collab == "merge" else "federated"
     flags = {"model": model}
-    sections = {"merge": {"method": merge, "space": merge_space}}
-    also = "".join(f" --{flag} {value}" for flag, value in (("merge", merge), ("merge-space", merge_space)) if value)
+    section, also = merge_flags(merge, merge_space)
+    sections = {"merge": section}
     started = time.perf_counter()
     if config_file is not None:
         values = config_values(config_file, [], {}, {})

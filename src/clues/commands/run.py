@@ -47,11 +47,23 @@ def config_values(config_file: Path | None, silos: list[str], flat: dict, sectio
         values["silos"] = _parse_silos(silos)
     if "silos" not in values:
         raise CluesError("no silo given: use --silo NAME=FILE (repeatable) or a [silos] table in --config")
+    add_sections(values, sections)
+    return values
+
+
+def add_sections(values: dict, sections: dict) -> None:
+    """Put the section flags that were given (not None) over ``values``' sections, in place."""
     for section, options in sections.items():
         given = {k: v for k, v in options.items() if v is not None}
         if given:
             values[section] = {**values.get(section, {}), **given}
-    return values
+
+
+def merge_flags(merge: str | None, merge_space: str | None) -> tuple[dict, str]:
+    """``--merge``/``--merge-space`` as a ``[merge]`` section and as the text that names them in a source line."""
+    section = {"method": merge, "space": merge_space}
+    text = "".join(f" --{flag} {value}" for flag, value in (("merge", merge), ("merge-space", merge_space)) if value)
+    return section, text
 
 
 FLEETS = ("local", "flower")
@@ -132,14 +144,14 @@ def demo(
 
     started = time.perf_counter()
     scenario = scenario or ("mixed-small" if model == DEMO_MODEL else "mixed")
-    given = {"method": merge, "space": merge_space}
+    section, also = merge_flags(merge, merge_space)
+    given = {k: v for k, v in section.items() if v}
     try:  # a bad flag is refused before anything is built
-        MergeSettings(**{k: v for k, v in given.items() if v})
+        MergeSettings(**given)
     except CluesError as exc:
         raise CluesError(f"--merge/--merge-space: {exc}") from None
     values = benchmark_values(out, scenario, seed)
-    also = "".join(f" --{flag} {value}" for flag, value in (("merge", merge), ("merge-space", merge_space)) if value)
-    values.update(conditions=list(DEMO_CONDITIONS), model=model, merge={k: v for k, v in given.items() if v},
+    values.update(conditions=list(DEMO_CONDITIONS), model=model, merge=given,
                   _source=f"clues demo --scenario {scenario} --model {model}{also}")
     _execute(values)
     console.print(f"demo wall time: {time.perf_counter() - started:.0f} s")
