@@ -20,7 +20,7 @@ FLOORS = [  # from the ground up
     {"config"},
     {"train", "federated_model"},
     {"scoring"},
-    {"metrics", "evaluate"},
+    {"metrics", "evaluate", "answers"},
     {"baselines"},
     {"merge"},
     {"protocol", "failures"},

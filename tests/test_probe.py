@@ -77,14 +77,14 @@ def test_paired_difference_and_verdict():
     results = {"conditions": {"mixed": {"preference": {"wins": [0.0] * 50 + [1.0] * 50}},
                               "clues": {"preference": {"wins": [1.0] * 100}}}}
     (line,) = verdict(results)
-    assert line.startswith("**clues**: better than training on all records") and "100.0% of 100 probe pairs" in line
+    assert line.startswith("**clues** (quality probe): better than training on all records") and "100.0% of 100 probe pairs" in line
     assert verdict({"conditions": {"mixed": {}}}) == []
     # With an oracle clearly better than mixed, each selection says how much of its gain it recovers.
     results["conditions"]["oracle"] = {"preference": {"wins": [1.0] * 100}}
     results["conditions"]["random"] = {"preference": {"wins": [0.0] * 25 + [1.0] * 75}}
     lines = verdict(results)
     assert lines[0].endswith("It recovers 100% of the oracle's gain.") and "recovers" not in lines[1]
-    assert lines[2].startswith("**random**: better than") and lines[2].endswith("It recovers 50% of the oracle's gain.")
+    assert lines[2].startswith("**random** (quality probe): better than") and lines[2].endswith("It recovers 50% of the oracle's gain.")
     results["conditions"]["oracle"] = {"preference": {"wins": [0.0] * 50 + [1.0] * 50}}  # no gain: nothing to recover
     assert not any("recovers" in line for line in verdict(results))
     # federated conditions against their own references, in the same results (clues federate --compare)

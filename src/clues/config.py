@@ -17,6 +17,7 @@ Every option of training, scoring, thresholding and merging is reachable from th
     probe = "probe.jsonl"            # optional: corrupted twins of test answers (the quality probe)
     conditions = ["mixed", "clues", "oracle"]   # add: "clues+perplexity+tail", "loss", "perplexity", "tail", "ifd", "datainf", "less", "rds", "random"
     equal_steps = true               # retraining conditions take as many optimizer steps as "mixed"
+    answers = true                   # every condition answers the test questions; the answers are checked
 
     [silos]
     clinic = "silos/clinic.jsonl"
@@ -291,6 +292,9 @@ class RunConfig:
     model: str = "default"
     conditions: tuple[str, ...] = ("mixed", "clues", "oracle")
     eval_batch_size: int = 16
+    # Every condition answers the test questions (greedy) and the answers are checked
+    # (clues.answers): language, complete, clean words, fluent, relevant. Off: losses and probe only.
+    answers: bool = True
     # Every retraining condition takes as many optimizer steps as training on all records (the paper
     # compares at equal epochs, which gives a condition on fewer records fewer steps).
     equal_steps: bool = True

@@ -341,11 +341,13 @@ def oracle_gain_recovered(
 def evaluate_condition(
     model, tokenizer, test_records: Sequence[Record], max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 16,
     template: str = "alpaca", mcq: bool = True, console=None, prefix_start: int | None = None,
-    probe: Sequence[dict] | None = None,
+    probe: Sequence[dict] | None = None, answers: bool = False,
 ) -> dict:
     """One condition's entry of ``results.json``: test loss per domain, its macro mean, perplexity and,
     when the test set holds multiple-choice records and ``mcq`` is on, their accuracy per domain;
-    with ``probe`` rows (:func:`load_probe`), the preference probe (:func:`preference_probe`).
+    with ``probe`` rows (:func:`load_probe`), the preference probe (:func:`preference_probe`); with
+    ``answers``, the model's own answers to the test questions and their checks
+    (:func:`clues.answers.quality.answer_quality`).
 
     ``oracle_gain_recovered`` is left None here: it needs the other conditions (:func:`add_oracle_gain`).
     """
@@ -366,6 +368,10 @@ def evaluate_condition(
     if probe:
         entry["preference"] = preference_probe(model, tokenizer, test_records, per_record, probe, max_length,
                                                batch_size, template, prefix_start)
+    if answers:
+        from clues.answers.quality import answer_quality
+
+        entry["answers"] = answer_quality(model, tokenizer, test_records, max_length, batch_size, template, prefix_start)
     return entry
 
 

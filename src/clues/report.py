@@ -142,6 +142,63 @@ def preference_table(results: Mapping) -> Table | None:
                  "50% is chance.")
 
 
+def answers_table(results: Mapping) -> Table | None:
+    """Per condition, the share of its answers passing each check and all of them (macro mean over
+    domains), then the all-checks rate per domain."""
+    from clues.answers.quality import CHECKS
+
+    conditions = {n: c["answers"] for n, c in (results.get("conditions") or {}).items() if c.get("answers")}
+    if not conditions:
+        return None
+    domains = sorted({d for a in conditions.values() for d in a["rates"]["passed"]["per_domain"]})
+    rows = [[n] + [fmt_pct(a["rates"][c]["mean"]) for c in (*CHECKS, "passed")]
+            + [fmt_pct(a["rates"]["passed"]["per_domain"].get(d)) for d in domains] for n, a in conditions.items()]
+    return Table(
+        "Answer quality: the model's own answers to the test questions",
+        ["condition", *(c.replace("_", " ") for c in CHECKS), "all checks"] + [f"all checks: {d}" for d in domains],
+        rows,
+        "Greedy answers, one per test question, checked without a judge: language (not confidently in another "
+        "language, py3langid), complete (the model ended it, at a sentence end or a whole option), "
+        "fluent (the base model finds it as likely as 9 in 10 of "
+        "the domain's reference answers), relevant (ROUGE-L >= 0.1 against the reference; names an option on "
+        "multiple-choice questions). Shares are macro means over domains; – where a check was not measured.",
+    )
+
+
+# Answers shown side by side per domain, and the conditions shown (in this order, those that ran).
+EXAMPLES_PER_DOMAIN = 2
+
+
+def examples_table(results: Mapping) -> Table | None:
+    """For each domain, a few test questions with the answers of mixed, the selections and the oracle.
+
+    Questions where mixed and the oracle answered differently come first: they show what clean data changed.
+    """
+    conditions = {n: c["answers"]["rows"] for n, c in (results.get("conditions") or {}).items()
+                  if c.get("answers") and n != "base"}
+    if "mixed" not in conditions and "fl-mixed" not in conditions:
+        return None
+    names = list(conditions)
+    first = conditions[names[0]]
+    oracle = conditions.get("oracle") or conditions.get("fl-oracle")
+    mixed = conditions.get("mixed") or conditions.get("fl-mixed")
+    rows = []
+    for domain in sorted({r["domain"] for r in first}):
+        indices = [i for i, r in enumerate(first) if r["domain"] == domain]
+        differ = [i for i in indices if oracle is not None and oracle[i]["answer"] != mixed[i]["answer"]]
+        for i in (differ + [i for i in indices if i not in differ])[:EXAMPLES_PER_DOMAIN]:
+            rows.append([domain, _short(first[i].get("question", first[i]["id"]))] + [
+                ("✓ " if conditions[n][i]["passed"] else "✗ ") + _short(conditions[n][i]["answer"]) for n in names])
+    return Table("Answers side by side", ["domain", "question"] + names, rows,
+                 "Greedy answers to held-out test questions; ✓ passes every check, ✗ fails one. Questions where "
+                 "training on clean records changed the answer come first.")
+
+
+def _short(text: str, limit: int = 220) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _total(entry: Mapping):
     """Records in a silo: ``total`` in results.json, ``records`` in :func:`clues.metrics.selection_metrics`."""
     return entry.get("total", entry.get("records"))
@@ -270,23 +327,28 @@ def methods_table(results: Mapping) -> Table | None:
         return None
     domains = _domains(conditions)
     seconds = results.get("scoring_seconds") or {}
+    has_answers = any(c.get("answers") for c in conditions.values())
     rows = []
     for name, c in conditions.items():
         if name == "base":
             continue
         pooled = pooled_selection(results, name) or {}
         losses = c.get("test_loss", {})
+        answered = (c.get("answers") or {}).get("rates", {}).get("passed", {}).get("mean")
         rows.append([name] + [fmt_num(pooled.get(m), 3) for m in SELECTION_METRICS] + [fmt_pct(pooled.get("kept"))]
+                    + ([fmt_pct(answered)] if has_answers else [])
                     + [fmt_num(losses.get(d)) for d in domains]
                     + [fmt_num(c.get("mean_test_loss")), fmt_pct(c.get("oracle_gain_recovered"))]
                     + ([fmt_num(seconds.get(name), 1)] if seconds else []))
     return Table(
         "Methods compared",
-        ["method"] + list(SELECTION_METRICS) + ["kept %"] + [f"loss {d}" for d in domains]
+        ["method"] + list(SELECTION_METRICS) + ["kept %"] + (["answers ok"] if has_answers else [])
+        + [f"loss {d}" for d in domains]
         + ["mean loss", "oracle gain"] + (["scoring s"] if seconds else []),
         rows,
         "Selection metrics pooled over all silos (clean = positive class; AUROC is the mean within-silo AUROC); "
-        "test loss of the merged model per domain (lower is better)"
+        + ("answers ok = share of the merged model's answers to the test questions that pass every check; " if has_answers else "")
+        + "test loss of the merged model per domain (lower is better)"
         + ("; scoring s = wall time of the method's scoring in all silos together." if seconds
            else "; wall times, the scoring time of each method included, are in timing.json."),
     )
@@ -349,7 +411,8 @@ def merging_vs_federated_table(results: Mapping) -> Table | None:
 
 
 def all_tables(results: Mapping, score_data: Mapping | None = None) -> list[Table]:
-    tables = [methods_table(results), loss_table(results), preference_table(results), gain_table(results), accuracy_table(results),
+    tables = [methods_table(results), answers_table(results), examples_table(results), loss_table(results),
+              preference_table(results), gain_table(results), accuracy_table(results),
               federated_rounds_table(results), merging_vs_federated_table(results)]
     tables += selection_tables(results, score_data)
     tables.append(corruption_table(results))
@@ -530,7 +593,7 @@ def print_summary(results: Mapping, console, score_data: Mapping | None = None) 
     from rich.table import Table as RichTable
 
     methods = methods_table(results)  # a benchmark: one row per method replaces the per-silo tables
-    wanted = [methods or loss_table(results), gain_table(results), merging_vs_federated_table(results)]
+    wanted = [methods or loss_table(results), answers_table(results), gain_table(results), merging_vs_federated_table(results)]
     if methods is None:
         wanted += selection_tables(results, score_data)
     wanted.append(corruption_table(results))

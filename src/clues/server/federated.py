@@ -181,7 +181,7 @@ class FederatedServer:
         load_adapter_state(model, adapter)
         train = self.config.train
         return evaluate_condition(model, tokenizer, self.test, train.max_length, self.config.eval_batch_size, train.template,
-                                  probe=self.probe)
+                                  probe=self.probe, answers=self.config.answers)
 
     # -- scoring ----------------------------------------------------------------------------------------
     def score_checkpoint(self, round_: int, adapter: dict, eta: float) -> tuple[dict[str, list[float]], dict]:
@@ -369,7 +369,8 @@ class FederatedServer:
             trained.append("fl-oracle")
         conditions = {}
         for condition in trained:
-            conditions[condition] = self._stage(f"evaluate-{condition}", curves[condition][-1:],
+            conditions[condition] = self._stage(f"evaluate-{condition}", {"curve": curves[condition][-1:],
+                                                                          "answers": self.config.answers},
                                                 lambda condition=condition: self.evaluate_final(self._load_adapter(condition)))
         add_oracle_gain(conditions, mixed="fl-mixed", oracle="fl-oracle")
         scores = {**({"fl-clues": last_scores} if last_scores else {}), **baselines}

@@ -173,7 +173,7 @@ class MergingServer:
 
         merged = {name: file_digest(adapter / name) for name in (CONFIG_FILE, WEIGHTS_FILE)} if adapter else None
         key = {"condition": condition, "upstream": upstream, "adapter": merged, "test": self.public_key["test"],
-               "probe": self.public_key.get("probe"),
+               "probe": self.public_key.get("probe"), "answers": self.config.answers,
                "model": self.config.model, "train": self.config.train.to_dict()}
 
         def work():
@@ -190,7 +190,7 @@ class MergingServer:
             train = self.config.train
             return evaluate_condition(model, tokenizer, self.test, train.max_length, self.config.eval_batch_size,
                                       train.template, console=self.console, prefix_start=shared_prefix(model, train),
-                                      probe=self.probe)
+                                      probe=self.probe, answers=self.config.answers)
 
         return self.stages.run(f"evaluate-{condition}", key, work)
 
