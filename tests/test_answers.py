@@ -221,7 +221,7 @@ def test_verdict_on_answers_pairs_them_and_asks_for_a_real_gap():
 
 
 def test_report_shows_answer_rates_and_answers_side_by_side(tmp_path):
-    from clues.report import answers_table, examples_table, write_report
+    from clues.report import answer_gain_table, answers_table, examples_table, write_report
 
     results = {"conditions": {"mixed": _condition([0, 1, 0]), "oracle": _condition([1, 1, 0])}}
     results["conditions"]["oracle"]["answers"]["rows"][0]["answer"] = "a better answer"
@@ -229,6 +229,10 @@ def test_report_shows_answer_rates_and_answers_side_by_side(tmp_path):
     assert [row[0] for row in table.rows] == ["mixed", "oracle"]
     assert table.rows[0][table.headers.index("all checks")] == "33.3%"
     assert table.rows[1][table.headers.index("all checks")] == "66.7%"
+    gain = answer_gain_table(results)
+    # oracle - mixed, answer by answer: differences (1, 0, 0), mean 1/3, sd = sqrt(1/3), half-width 1.96 sd / sqrt(3)
+    half = 1.96 * (1 / 3) ** 0.5 / 3 ** 0.5
+    assert gain.rows == [["oracle"] + [f"+33.3 ({100 * (1 / 3 - half):+.1f} to {100 * (1 / 3 + half):+.1f})"] * 2]
     examples = examples_table(results)
     # the question where the oracle's answer differs from mixed's comes first
     assert examples.rows[0][:4] == ["d", "question 0", "✗ answer 0 0", "✓ a better answer"]

@@ -226,6 +226,7 @@ CONFIG_CASES = {  # name: (TOML lines after the paths, what the error must say a
     "max_grad_norm": ("[train]\nmax_grad_norm = -1.0", " [train]: max_grad_norm must be >= 0"),
     "lora_targets": ("[train]\nlora_targets = 3", " [train]: lora_targets must be an array of strings"),
     "eval_batch_size": ("eval_batch_size = 0", ": eval_batch_size must be >= 1, got 0"),
+    "answers": ('answers = "yes"', ': answers must be true or false, got "yes"'),
     "conditions_string": ('conditions = "clues"', ': conditions must be an array of strings, got "clues"'),
     "w_other": ("[score]\nw_other = nan", " [score]: w_other must be finite, got nan"),
     "policy": ("[select]\npolicy = 3", " [select]: policy must be a string, got 3"),

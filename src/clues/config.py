@@ -293,7 +293,7 @@ class RunConfig:
     conditions: tuple[str, ...] = ("mixed", "clues", "oracle")
     eval_batch_size: int = 16
     # Every condition answers the test questions (greedy) and the answers are checked
-    # (clues.answers): language, complete, clean words, fluent, relevant. Off: losses and probe only.
+    # (clues.answers): language, complete, fluent, relevant. Off: losses and probe only.
     answers: bool = True
     # Every retraining condition takes as many optimizer steps as training on all records (the paper
     # compares at equal epochs, which gives a condition on fewer records fewer steps).

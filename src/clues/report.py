@@ -39,6 +39,7 @@ class Table:
     headers: list[str]
     rows: list[list[str]]
     note: str = ""
+    text: bool = False  # cells of prose (answers): left-aligned, unlike the numbers of every other table
 
 
 def fmt_num(value, digits: int = 4) -> str:
@@ -165,6 +166,32 @@ def answers_table(results: Mapping) -> Table | None:
     )
 
 
+def answer_gain_table(results: Mapping) -> Table | None:
+    """Each condition's all-checks pass rate minus mixed's, answer by answer, per domain and overall, with
+    the 95% interval of the paired difference (federated conditions against ``fl-mixed``)."""
+    from clues.stats import paired_difference
+
+    conditions = {n: c["answers"]["rows"] for n, c in (results.get("conditions") or {}).items() if c.get("answers")}
+    rows, domains = [], sorted({r["domain"] for answers in conditions.values() for r in answers})
+    for name, answers in conditions.items():
+        mixed = conditions.get("fl-mixed" if name.startswith("fl-") else "mixed")
+        if mixed is None or name in ("mixed", "fl-mixed", "base") or len(mixed) != len(answers):
+            continue
+        cells = []
+        for domain in (*domains, None):
+            pairs = [(float(a["passed"]), float(b["passed"])) for a, b in zip(answers, mixed)
+                     if domain is None or a["domain"] == domain]
+            diff = paired_difference([a for a, _ in pairs], [b for _, b in pairs])
+            cells.append("–" if diff is None else
+                         f"{100 * diff[0]:+.1f} ({100 * (diff[0] - diff[1]):+.1f} to {100 * (diff[0] + diff[1]):+.1f})")
+        rows.append([name] + cells)
+    if not rows:
+        return None
+    return Table("Answer quality against training on all records", ["condition", *domains, "all domains"], rows,
+                 "Points of the all-checks pass rate above mixed's, answer by answer, with the 95% interval of the "
+                 "paired difference over the test questions of this one seed: an interval that holds 0 is noise.")
+
+
 # Answers shown side by side per domain, and the conditions shown (in this order, those that ran).
 EXAMPLES_PER_DOMAIN = 2
 
@@ -191,7 +218,7 @@ def examples_table(results: Mapping) -> Table | None:
                 ("✓ " if conditions[n][i]["passed"] else "✗ ") + _short(conditions[n][i]["answer"]) for n in names])
     return Table("Answers side by side", ["domain", "question"] + names, rows,
                  "Greedy answers to held-out test questions; ✓ passes every check, ✗ fails one. Questions where "
-                 "training on clean records changed the answer come first.")
+                 "training on clean records changed the answer come first.", text=True)
 
 
 def _short(text: str, limit: int = 220) -> str:
@@ -411,7 +438,7 @@ def merging_vs_federated_table(results: Mapping) -> Table | None:
 
 
 def all_tables(results: Mapping, score_data: Mapping | None = None) -> list[Table]:
-    tables = [methods_table(results), answers_table(results), examples_table(results), loss_table(results),
+    tables = [methods_table(results), answers_table(results), answer_gain_table(results), examples_table(results), loss_table(results),
               preference_table(results), gain_table(results), accuracy_table(results),
               federated_rounds_table(results), merging_vs_federated_table(results)]
     tables += selection_tables(results, score_data)
@@ -482,7 +509,8 @@ def table_html(table: Table) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in table.headers)
     body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>\n" for row in table.rows)
     note = f'<p class="note">{esc(table.note)}</p>\n' if table.note else ""
-    return f"<h2>{esc(table.title)}</h2>\n{note}<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+    kind = ' class="text"' if table.text else ""
+    return f"<h2>{esc(table.title)}</h2>\n{note}<table{kind}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
 
 
 _CSS = """
@@ -490,7 +518,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
        padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child, table.text td, table.text th { text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
 p.note { color: #555; font-size: 0.9em; }
 figure { margin: 1em 0 2em; }
