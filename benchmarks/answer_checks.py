@@ -31,16 +31,19 @@ def check_values(rows: list[dict], check: str) -> list[float | None]:
     continuous = {"language": "language", "relevant": "rouge_l"}
     out = []
     for row in rows:
-        if check == "passed":
-            out.append(float(row["passed"]))
-        elif check == "fluent":
+        if check == "fluent":
             out.append(-row["base_loss"])  # lower loss is more fluent
         elif check in continuous and row.get(continuous[check]) is not None and not row.get("option_question"):
             out.append(float(row[continuous[check]]))
         else:
-            value = row["passes"].get(check)
-            out.append(None if value is None else float(value))
+            out.extend(pass_values([row], check))
     return out
+
+
+def pass_values(rows: list[dict], check: str) -> list[float | None]:
+    """Each row's pass/fail of ``check`` (None where it was not measured)."""
+    return [float(row["passed"]) if check == "passed" else
+            None if row["passes"].get(check) is None else float(row["passes"][check]) for row in rows]
 
 
 def one_seed(scenario: str, seed: int, model_name: str, max_length: int) -> dict:
@@ -48,7 +51,7 @@ def one_seed(scenario: str, seed: int, model_name: str, max_length: int) -> dict
     from clues.answers.quality import fluency_limits, references
     from clues.data import load_records
     from clues.data.build import build_benchmark
-    from clues.evaluate import load_probe, record_losses
+    from clues.evaluate import domain_of, load_probe, record_losses
     from clues.metrics import roc_auc
     from clues.model import load_model
 
@@ -67,15 +70,13 @@ def one_seed(scenario: str, seed: int, model_name: str, max_length: int) -> dict
         rows = []
         for record, (text, loss) in zip(records, texts_losses):
             reference = refs[position[record.id]]
-            row = check_answer(text, reference, fluent=loss <= limits[record.domain or "all"])
+            row = check_answer(text, reference, fluent=loss <= limits[domain_of(record)])
             rows.append({**row, "base_loss": loss, "option_question": bool(reference.options)})
         return rows
 
     good = rows_of(test, [(r.output, loss) for r, loss in zip(test, losses)])
     bad = rows_of(twins, [(row["output"], loss) for row, loss in zip(probe, losses[len(test):])])
-    passes = lambda rows, c: [float(r["passed"]) if c == "passed" else  # noqa: E731
-                              None if r["passes"].get(c) is None else float(r["passes"][c]) for r in rows]
-    result = {"reference_pass_rate": {c: _share(passes(good, c)) for c in CHECKS}, "auroc": {}}
+    result = {"reference_pass_rate": {c: _share(pass_values(good, c)) for c in CHECKS}, "auroc": {}}
     for kind in sorted({row["corruption"] for row in probe}):
         result["auroc"][kind] = {}
         pairs = [(position[row["of"]], i) for i, row in enumerate(probe) if row["corruption"] == kind]

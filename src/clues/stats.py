@@ -26,6 +26,12 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
     return mean, Z95 * math.sqrt(variance / len(diffs))
 
 
+def order_quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile as an order statistic: the ceil(q * n)-th smallest value (the largest for q = 1)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
 def clearly_above(a: Sequence[float], b: Sequence[float]) -> bool:
     """Whether ``a`` exceeds ``b`` pair by pair with a 95% interval that excludes zero."""
     diff = paired_difference(a, b)

@@ -2,10 +2,10 @@
 
 The prompt is the project's one template (:func:`clues.data.template.render_prompt`), tokenized as
 training tokenizes it, so a model is asked exactly what it was trained to answer. Prompts are left
-padded (the answer of every row starts at the same position) and grouped by domain, because the
-token budget of an answer is set per domain from its reference answers' lengths
-(:func:`token_budgets`): a budget far above the references lets a run-on answer look longer than
-it is, one below them cuts good answers. Greedy decoding makes every answer a function of the
+padded (the answer of every row starts at the same position). The token budget of an answer is set
+per domain from its reference answers' lengths (:func:`token_budgets`): a budget far above the
+references lets a run-on answer look longer than it is, one below them cuts good answers; one batch
+holds every domain, each row ended at its own budget. Greedy decoding makes every answer a function of the
 model and the prompt only; batching changes nothing but the speed (tested against batch size 1).
 """
 
@@ -19,7 +19,9 @@ from typing import Sequence
 import torch
 
 from clues.data.records import Record
-from clues.data.template import _cut_prompt, _ids, padding_id, render_prompt
+from clues.data.template import cut_prompt, padding_id, prompt_tokens, response_tokens
+from clues.evaluate import domain_of
+from clues.stats import order_quantile
 
 # An answer may run this much longer than the domain's long reference answers before it is cut.
 BUDGET_FACTOR = 1.25
@@ -45,19 +47,14 @@ def token_budgets(records: Sequence[Record], tokenizer, cap: int) -> dict[str, i
     at most ``cap``."""
     lengths: dict[str, list[int]] = defaultdict(list)
     for record in records:
-        lengths[record.domain or "all"].append(len(_ids(tokenizer, record.output, special=False)) + 1)
-    budgets = {}
-    for domain, values in sorted(lengths.items()):
-        values.sort()
-        quantile = values[min(len(values) - 1, math.ceil(BUDGET_QUANTILE * len(values)) - 1)]
-        budgets[domain] = max(MIN_NEW_TOKENS, min(cap, math.ceil(BUDGET_FACTOR * quantile)))
-    return budgets
+        lengths[domain_of(record)].append(len(response_tokens(record, tokenizer)))
+    return {domain: max(MIN_NEW_TOKENS, min(cap, math.ceil(BUDGET_FACTOR * order_quantile(values, BUDGET_QUANTILE))))
+            for domain, values in sorted(lengths.items())}
 
 
 def prompt_ids(record: Record, tokenizer, budget: int, template: str = "alpaca") -> list[int]:
     """The record's prompt tokens, cut like training cuts them (head and response marker kept) to ``budget``."""
-    ids = _ids(tokenizer, render_prompt(record, tokenizer, template), special=template == "alpaca")
-    return _cut_prompt(ids, budget)
+    return cut_prompt(prompt_tokens(record, tokenizer, template), budget)
 
 
 def _batches(lengths: list[int], size: int) -> list[list[int]]:
@@ -88,18 +85,17 @@ class _RowBudgets:
 
 
 def generate_answers(model, tokenizer, records: Sequence[Record], budgets: dict[str, int], max_length: int,
-                     batch_size: int = 64, template: str = "alpaca", progress=None) -> list[Answer]:
+                     batch_size: int = 64, template: str = "alpaca") -> list[Answer]:
     """Greedy answers of ``model`` to ``records`` (in input order), ``budgets[domain]`` new tokens at most.
 
     Prompts are cut so that prompt plus answer fit in ``max_length`` tokens. An answer is
-    ``stopped`` when the model wrote end-of-sequence before its budget ran out. ``progress(n)`` is
-    called after each batch with the number of answers it wrote.
+    ``stopped`` when the model wrote end-of-sequence before its budget ran out.
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
     eos, pad = tokenizer.eos_token_id, padding_id(tokenizer)
     device = next(model.parameters()).device
-    budget_of = [budgets[r.domain or "all"] for r in records]
+    budget_of = [budgets[domain_of(r)] for r in records]
     prompts = [prompt_ids(r, tokenizer, max(1, max_length - b), template) for r, b in zip(records, budget_of)]
     lengths = [len(p) for p in prompts]
     answers: list[Answer | None] = [None] * len(records)
@@ -121,8 +117,6 @@ def generate_answers(model, tokenizer, records: Sequence[Record], budgets: dict[
                 stopped = eos in row
                 tokens = row[: row.index(eos)] if stopped else row
                 answers[i] = Answer(tokenizer.decode(tokens, skip_special_tokens=True), stopped, len(tokens))
-            if progress is not None:
-                progress(len(batch))
     finally:
         model.train(was_training)
     return answers

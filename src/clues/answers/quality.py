@@ -11,7 +11,6 @@ of its own kind: the verdict names the checks that moved, so a gain on fluency a
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import replace
@@ -20,6 +19,8 @@ from typing import Sequence
 from clues.answers.checks import Reference, check_answer, ends_properly, identify
 from clues.answers.generate import MAX_NEW_TOKENS, generate_answers, token_budgets
 from clues.data.records import Record
+from clues.evaluate import domain_of, parse_question, record_losses
+from clues.stats import order_quantile
 
 # The checks an answer must pass, in report order.
 CHECKS = ("language", "complete", "fluent", "relevant")
@@ -29,37 +30,26 @@ SENTENCE_DOMAIN_SHARE = 0.5
 FLUENT_QUANTILE = 0.9
 
 
-def _domain(record: Record) -> str:
-    return record.domain or "all"
-
-
 def references(test: Sequence[Record]) -> list[Reference]:
     """What each test record's answer is checked against (see :class:`clues.answers.checks.Reference`)."""
-    from clues.evaluate import parse_question
-
     questions = [parse_question(r) for r in test]
     ends: dict[str, list[bool]] = defaultdict(list)
     for record, question in zip(test, questions):
         if question is None:
-            ends[_domain(record)].append(ends_properly(record.output))
+            ends[domain_of(record)].append(ends_properly(record.output))
     sentence = {d: sum(v) / len(v) >= SENTENCE_DOMAIN_SHARE for d, v in ends.items()}
     return [Reference(record.output, record.language or identify(record.output),
                       question.options if question else (), question.answer if question else None,
-                      sentence_end=sentence.get(_domain(record), False))
+                      sentence_end=sentence.get(domain_of(record), False))
             for record, question in zip(test, questions)]
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def fluency_limits(reference_losses: Sequence[float], test: Sequence[Record]) -> dict[str, float]:
     """Per domain, the base model's :data:`FLUENT_QUANTILE` quantile of the reference answers' losses."""
     by_domain: dict[str, list[float]] = defaultdict(list)
     for record, loss in zip(test, reference_losses):
-        by_domain[_domain(record)].append(loss)
-    return {d: _quantile(v, FLUENT_QUANTILE) for d, v in sorted(by_domain.items())}
+        by_domain[domain_of(record)].append(loss)
+    return {d: order_quantile(v, FLUENT_QUANTILE) for d, v in sorted(by_domain.items())}
 
 
 def _base_model(model):
@@ -75,7 +65,7 @@ def rates(test: Sequence[Record], rows: Sequence[dict]) -> dict:
         for record, row in zip(test, rows):
             value = row["passed"] if check == "passed" else row["passes"].get(check)
             if value is not None:
-                by_domain[_domain(record)].append(float(value))
+                by_domain[domain_of(record)].append(float(value))
         per_domain = {d: sum(v) / len(v) for d, v in sorted(by_domain.items())}
         out[check] = {"per_domain": per_domain,
                       "mean": sum(per_domain.values()) / len(per_domain) if per_domain else None}
@@ -83,16 +73,14 @@ def rates(test: Sequence[Record], rows: Sequence[dict]) -> dict:
 
 
 def answer_quality(model, tokenizer, test: Sequence[Record], max_length: int, batch_size: int = 64,
-                   template: str = "alpaca", prefix_start: int | None = None, progress=None) -> dict:
+                   template: str = "alpaca", prefix_start: int | None = None) -> dict:
     """Generate, check and summarise one condition's answers (the ``answers`` entry of results.json).
 
     ``rows`` keeps, in test-record order, each answer's text and checks; ``passed`` the 0/1 outcome
     of each (all checks passed), which the verdict pairs across conditions.
     """
-    from clues.evaluate import record_losses
-
     budgets = token_budgets(test, tokenizer, MAX_NEW_TOKENS)
-    answers = generate_answers(model, tokenizer, test, budgets, max_length, batch_size, template, progress)
+    answers = generate_answers(model, tokenizer, test, budgets, max_length, batch_size, template)
     written = [replace(r, output=a.text or " ") for r, a in zip(test, answers)]
     with _base_model(model):
         base = record_losses(model, tokenizer, [*test, *written], max_length, batch_size, template,
@@ -100,9 +88,9 @@ def answer_quality(model, tokenizer, test: Sequence[Record], max_length: int, ba
     limits = fluency_limits(base[: len(test)], test)
     rows = []
     for record, reference, answer, loss in zip(test, references(test), answers, base[len(test):]):
-        fluent = loss <= limits[_domain(record)]
+        fluent = loss <= limits[domain_of(record)]
         row = check_answer(answer.text, reference, stopped=answer.stopped, fluent=fluent)
-        rows.append({"id": record.id, "domain": _domain(record), "question": record.input or record.instruction,
+        rows.append({"id": record.id, "domain": domain_of(record), "question": record.input or record.instruction,
                      "answer": answer.text, "stopped": answer.stopped,
                      "tokens": answer.tokens, "base_loss": loss, **row})
     return {"budgets": budgets, "fluency_limits": limits, "rates": rates(test, rows),

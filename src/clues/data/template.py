@@ -60,7 +60,18 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
 
-def _cut_prompt(prompt: list[int], budget: int) -> list[int]:
+def prompt_tokens(record: Record, tokenizer, template: str = "alpaca") -> list[int]:
+    """The record's whole prompt as token ids (the alpaca prompt starts with the tokenizer's special tokens;
+    the chat template writes its own)."""
+    return _ids(tokenizer, render_prompt(record, tokenizer, template), special=template == "alpaca")
+
+
+def response_tokens(record: Record, tokenizer) -> list[int]:
+    """The record's answer as token ids, end-of-sequence included: what the loss is taken over."""
+    return _ids(tokenizer, record.output, special=False) + [tokenizer.eos_token_id]
+
+
+def cut_prompt(prompt: list[int], budget: int) -> list[int]:
     """Shorten the prompt to ``budget`` tokens, keeping its head and its response-marker tail."""
     if len(prompt) <= budget:
         return prompt
@@ -79,16 +90,15 @@ def encode(record: Record, tokenizer, max_length: int, template: str = "alpaca")
         raise CluesError(f"max_length={max_length} is too small; need at least {MIN_PROMPT_TOKENS + 1} tokens")
     if tokenizer.eos_token_id is None:
         raise CluesError("the tokenizer has no end-of-sequence token; a response could never end")
-    # The chat template already writes the special tokens it needs (BOS included).
-    prompt = _ids(tokenizer, render_prompt(record, tokenizer, template), special=template == "alpaca")
-    response = _ids(tokenizer, record.output, special=False) + [tokenizer.eos_token_id]
+    prompt = prompt_tokens(record, tokenizer, template)
+    response = response_tokens(record, tokenizer)
     truncated = None
     if len(prompt) + len(response) > max_length:
         if len(response) + min(len(prompt), MIN_PROMPT_TOKENS) <= max_length:
-            prompt = _cut_prompt(prompt, max_length - len(response))
+            prompt = cut_prompt(prompt, max_length - len(response))
             truncated = "prompt"
         else:
-            prompt = _cut_prompt(prompt, min(len(prompt), MIN_PROMPT_TOKENS))
+            prompt = cut_prompt(prompt, min(len(prompt), MIN_PROMPT_TOKENS))
             response = response[: max_length - len(prompt)]
             truncated = "response"
     return {
