@@ -371,7 +371,7 @@ def test_the_same_run_twice_writes_the_same_bytes_apart_from_timing(tmp_path, mo
     files_first = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files_first == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     different = [str(p) for p in files_first if (first / p).read_bytes() != (out / p).read_bytes()]
-    assert different == ["timing.json"]
+    assert set(different) <= {"timing.json"}, different  # wall times may round alike
     results = json.loads((out / "results.json").read_text())
     timing = json.loads((out / "timing.json").read_text())
     assert "timing" not in results and "scoring_seconds" not in results
@@ -388,7 +388,9 @@ def test_clues_score_twice_writes_the_same_bytes_apart_from_timing(trained_run, 
         assert code == 0, text
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert "timing.json" in names and "seconds" not in (tmp_path / "a" / "score_meta.json").read_text()
-    assert [n for n in names if (tmp_path / "a" / n).read_bytes() != (tmp_path / "b" / n).read_bytes()] == ["timing.json"]
+    # timing.json holds wall times; two runs may round to the same figures, so it may or may not differ.
+    differ = [n for n in names if (tmp_path / "a" / n).read_bytes() != (tmp_path / "b" / n).read_bytes()]
+    assert set(differ) <= {"timing.json"}, differ
 
 
 def test_a_one_step_run_trains(files, tmp_path, model_dir, clues_here):
