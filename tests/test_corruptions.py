@@ -87,6 +87,24 @@ def test_incomplete_answer_is_shorter_and_a_part_of_the_answer():
         incomplete_answer(_record("A"), 0)
 
 
+def test_incomplete_answer_keeps_the_start_or_deletes_one_span():
+    """Either the answer is cut short (its first 20-80% of words, in order) or one span of 20-50% of
+    its words is deleted and the rest kept in order; nothing else. A cut that kept the end, or a
+    shuffle, fails: only a cut short can leave a start shorter than half the answer."""
+    original = "First take the tablet, then drink a glass of water, then rest for an hour before eating.".split()
+    n = len(original)
+    short_starts = 0
+    for seed in range(40):
+        words = incomplete_answer(_record(" ".join(original)), seed).output.split()
+        k = len(words)
+        is_start = words == original[:k] and round(0.2 * n) <= k <= round(0.8 * n)
+        spans = [s for s in range(n) if words == original[:s] + original[s + n - k:]]
+        is_span = bool(spans) and round(0.2 * n) <= n - k <= round(0.5 * n)
+        assert is_start or is_span, (seed, words)
+        short_starts += is_start and k < n / 2
+    assert short_starts >= 3
+
+
 def test_mismatched_answer_takes_a_different_answer_of_the_pool():
     pool = [_record("yes", rid="a"), _record("yes", rid="b"), _record("no", rid="c")]
     for seed in range(10):

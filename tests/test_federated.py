@@ -8,6 +8,7 @@ starts a real SuperLink and SuperNodes on 127.0.0.1 and checks that every proces
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -131,6 +132,16 @@ def test_simulation_writes_results_with_the_federated_conditions(simulated):
     selection = saved["selection"]["fl-clues"]
     assert set(selection) == {"clinic", "bank"}
     assert all(s["total"] == 12 and 0 <= s["kept"] <= 12 and s["tau"] == saved["federated"]["tau"] for s in selection.values())
+    # Recounted from each silo's own files: a record's score is the sum of its score rounds' terms, and
+    # the silo keeps exactly the records whose score reaches the global tau.
+    tau = saved["federated"]["tau"]
+    for name, entry in selection.items():
+        rows = read_jsonl(out / "silos" / name / "scores.jsonl")
+        assert all(len(r["per_checkpoint"]) == 2 and r["score"] == pytest.approx(math.fsum(r["per_checkpoint"]), rel=1e-9, abs=1e-15)
+                   for r in rows)
+        above = [r["id"] for r in rows if r["score"] >= tau]
+        assert entry["kept"] == len(above)
+        assert [r["id"] for r in read_jsonl(out / "silos" / name / "kept.jsonl")] == above
     for name in ("report.md", "report.html", "boundary_log.jsonl", "federated_rounds.png"):
         assert (out / name).exists(), name
     assert "Federated: global test loss per round" in (out / "report.md").read_text()
@@ -309,7 +320,12 @@ def test_a_failing_silo_tells_the_server_its_name_and_counts_never_a_record(cons
 
 
 def test_adam_preconditioner_uses_each_silos_own_moments_and_pools_anchor_scores(consortium, model_dir, tmp_path):
-    """In-process silos (no engine): with ``adam`` every silo scores the public anchors with its moments."""
+    """In-process silos (no engine): with ``adam`` every silo scores the public anchors with its moments.
+
+    tau and eta are recomputed here by hand: eta of a score round is the mean lr of the rounds since
+    the previous score round (4 rounds, warm-up 1 step: lr, lr, 2/3 lr, 1/3 lr, so eta is lr after
+    round 2 and lr/2 after round 4), and tau is the mean of the anchors' scores summed over both
+    rounds and pooled over the silos (policy ``mean``)."""
     from clues.data import load_records
     from clues.server.federated import FederatedServer
     from clues.server.fleet import LocalFleet
@@ -317,24 +333,29 @@ def test_adam_preconditioner_uses_each_silos_own_moments_and_pools_anchor_scores
 
     silos, public, _ = consortium
     out = tmp_path / "adam"
+    lr = 1e-3
     config = make_config({"silos": silos, **public, "model": str(model_dir), "out": str(out),
-                          "train": {"batch_size": 4, "max_length": 64}, "score": {"batch_size": 8, "precondition": "adam"},
+                          "train": {"batch_size": 4, "max_length": 64, "lr": lr, "warmup_ratio": 0.03},
+                          "score": {"batch_size": 8, "precondition": "adam"}, "select": {"policy": "mean"},
                           "conditions": ["mixed", "clues"], "eval_batch_size": 8})
     fleet = LocalFleet(Silo(n, load_records(p), out / "silos" / n) for n, p in silos.items())
-    server = FederatedServer(config, FedSettings(rounds=2, local_steps=1, score_rounds=(1, 2)), fleet, Console(quiet=True))
-    columns = []
+    server = FederatedServer(config, FedSettings(rounds=4, local_steps=1, score_rounds=(2, 4)), fleet, Console(quiet=True))
+    columns, etas = [], []
     original = server.score_checkpoint
 
-    def recording(*args):
-        column, replies = original(*args)
+    def recording(round_, adapter, eta):
+        column, replies = original(round_, adapter, eta)
         columns.append(column)
+        etas.append(eta)
         return column, replies
 
     server.score_checkpoint = recording
     results = server.run()
+    assert etas == pytest.approx([lr, lr / 2], rel=1e-12)
     assert [sorted(c) for c in columns] == [["bank", "clinic"], ["bank", "clinic"]]  # anchors scored by the silos
     assert columns[0]["bank"] != columns[0]["clinic"]  # each with its own moments
-    assert results["federated"]["tau"] == pytest.approx(server.threshold(columns))
+    summed = [first + second for silo in ("bank", "clinic") for first, second in zip(columns[0][silo], columns[1][silo])]
+    assert results["federated"]["tau"] == pytest.approx(sum(summed) / len(summed), rel=1e-9)
     for name in silos:
         assert (out / "silos" / name / "federated" / "fl-mixed" / "optimizer.safetensors").exists()
         assert len(read_jsonl(out / "silos" / name / "scores.jsonl")[0]["per_checkpoint"]) == 2

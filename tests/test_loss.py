@@ -11,12 +11,21 @@ def _records():
     return [record_from_dict({"instruction": i, "input": x, "output": o}) for i, x, o in texts]
 
 
-def test_batched_loss_equals_single(tiny_llama):
+def test_batched_loss_equals_a_plain_forward_of_each_record(tiny_llama):
+    """The padded, response-only batch against the obvious computation: each record alone, unpadded,
+    full logits, cross-entropy of every token whose label is a response token, averaged by hand."""
     model, tok = tiny_llama
     encs = [encode(r, tok, 64) for r in _records()]
     batched = batch_record_losses(model, pad_batch(encs, tok.pad_token_id))
-    single = torch.stack([batch_record_losses(model, pad_batch([e], tok.pad_token_id))[0] for e in encs])
-    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+    expected = []
+    with torch.no_grad():
+        for e in encs:
+            ids = torch.tensor([e["input_ids"]])
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+            terms = [-log_probs[t - 1, e["input_ids"][t]] for t in range(1, len(e["input_ids"])) if e["labels"][t] != -100]
+            assert terms, "every record has response tokens"
+            expected.append(sum(terms) / len(terms))
+    torch.testing.assert_close(batched.double(), torch.stack(expected), rtol=1e-5, atol=1e-5)
 
 
 def test_loss_ignores_prompt_tokens(tiny_llama):

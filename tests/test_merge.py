@@ -147,6 +147,55 @@ def test_linear_delta_merge_is_the_weighted_sum_of_weight_changes(tiny_tokenizer
     assert all((got[key] - want[key]).abs().max() > 1e-2 * want[key].abs().max() for key in want)
 
 
+
+def _ties_by_hand(changes, weights, density, keep_masks=None):
+    """TIES of flat float64 weight changes, entry by entry in plain Python: trim each change to its
+    ``int(density * n)`` largest magnitudes (or, for DARE, keep ``keep_masks`` and rescale by
+    1/density), elect the sign of the sum, average the weighted entries that agree."""
+    n = len(changes[0])
+    kept = []
+    for i, change in enumerate(changes):
+        values = change.tolist()
+        if keep_masks is None:
+            top = set(sorted(range(n), key=lambda j: -abs(values[j]))[: int(density * n)])
+            kept.append([values[j] if j in top else 0.0 for j in range(n)])
+        else:
+            kept.append([values[j] / density if keep_masks[i][j] else 0.0 for j in range(n)])
+    merged = []
+    for j in range(n):
+        column = [row[j] for row in kept]
+        sign = 1.0 if sum(column) >= 0 else -1.0
+        agree = [(w * v) for w, v in zip(weights, column) if v != 0 and (v > 0) == (sign > 0)]
+        merged.append(sum(agree) / len(agree) if agree else 0.0)
+    return torch.tensor(merged, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_delta_space_ties_and_dare_of_three_adapters_match_a_hand_computation(tiny_tokenizer, tmp_path, method):
+    """Three adapters of different scalings and weights, merged on their weight changes. The SVD gets
+    the full rank of the matrices (32), so the merged B @ A is the merged change exactly. DARE's draws
+    follow the documented contract (one generator seeded ``seed``, modules in sorted order, adapters
+    in order); everything else is recomputed here."""
+    folders = [save_adapter(tiny_tokenizer, tmp_path / f"a{i}", seed=i + 1, alpha=alpha)
+               for i, alpha in enumerate((8, 16, 4))]
+    adapters = [load_adapter(f) for f in folders]
+    weights, density = [1.0, 0.6, 1.7], 0.3
+    merged = load_adapter(merge_adapters(folders, tmp_path / "m", method, "delta", weights, density, seed=3,
+                                         delta_rank=32))
+    got = deltas(merged.tensors, merged.scaling)
+    changes = [deltas(a.tensors, a.scaling) for a in adapters]
+    generator = torch.Generator().manual_seed(3)
+    for key in sorted(changes[0]):
+        shape = changes[0][key].shape
+        flat = [c[key].reshape(-1) for c in changes]
+        masks = None
+        if method == "dare_ties":
+            masks = [torch.bernoulli(torch.full(shape, density), generator=generator).reshape(-1).bool().tolist()
+                     for _ in flat]
+        want = _ties_by_hand(flat, weights, density, masks).reshape(shape)
+        torch.testing.assert_close(got[key], want, atol=1e-5, rtol=1e-4)
+
+
 def test_svd_at_the_adapters_rank_is_exact_when_the_sum_fits(tiny_tokenizer, tmp_path):
     # Two rank-4 adapters that each use only 2 of their 4 rank slots: the sum has rank <= 4.
     states, scalings = [], []

@@ -69,6 +69,18 @@ def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_
         assert set(entry["by_corruption"]) == kinds
         assert all({"auroc", "auprc", "recall", "count", "base_rate"} <= set(m) for m in entry["by_corruption"].values())
         assert set(results["scores"]["clues"][silo]["by_corruption"]) == kinds
+        # Recounted from the silo's own score file and the labels: what was kept, and per corruption
+        # type the AUROC (clean above bad, ties half) and the share of bad records dropped.
+        rows = read_jsonl(out / "silos" / silo / "scores.jsonl")
+        label = {r["id"]: r for r in labels}
+        assert entry["kept"] == sum(r["score"] >= entry["tau"] for r in rows)
+        clean_scores = [r["score"] for r in rows if label[r["id"]]["clean"]]
+        for kind, measured in entry["by_corruption"].items():
+            bad = [r["score"] for r in rows if not label[r["id"]]["clean"] and label[r["id"]]["corruption"] == kind]
+            pairs = [1.0 if c > b else 0.5 if c == b else 0.0 for c in clean_scores for b in bad]
+            assert measured["count"] == len(bad)
+            assert measured["auroc"] == pytest.approx(sum(pairs) / len(pairs))
+            assert measured["recall"] == pytest.approx(sum(b < entry["tau"] for b in bad) / len(bad))
     assert "## Per corruption type" in (out / "report.md").read_text()
 
     # -- the boundary ------------------------------------------------------------------------------

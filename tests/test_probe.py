@@ -87,6 +87,10 @@ def test_paired_difference_and_verdict():
     assert lines[2].startswith("**random** (quality probe): better than") and lines[2].endswith("It recovers 50% of the oracle's gain.")
     results["conditions"]["oracle"] = {"preference": {"wins": [0.0] * 50 + [1.0] * 50}}  # no gain: nothing to recover
     assert not any("recovers" in line for line in verdict(results))
+    # A positive but noise-sized oracle gain (2 pairs of 100 better: +0.02, 95% half-width 1.96 * 0.141 / 10
+    # = 0.028) is no gain either: dividing by it would claim "recovers 2500%".
+    results["conditions"]["oracle"] = {"preference": {"wins": [1.0] * 2 + [0.0] * 48 + [1.0] * 50}}
+    assert not any("recovers" in line for line in verdict(results))
     # federated conditions against their own references, in the same results (clues federate --compare)
     results["conditions"].update({f"fl-{name}": entry for name, entry in results["conditions"].items()})
     federated = verdict(results)[3:]

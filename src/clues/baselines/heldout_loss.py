@@ -39,9 +39,11 @@ def _fold_losses(run_dir, config, records: Sequence[Record], inputs) -> list[flo
 
     from clues.evaluate import record_losses
     from clues.model import load_model
+    from clues.model.lora import peft_quietly
 
     model, tokenizer = load_model(config.model, device=inputs.settings.device)
-    model = PeftModel.from_pretrained(model, str(ckpt.latest_checkpoint(run_dir)))
+    with peft_quietly():
+        model = PeftModel.from_pretrained(model, str(ckpt.latest_checkpoint(run_dir)))
     return record_losses(model, tokenizer, records, config.max_length, inputs.settings.batch_size, config.template)
 
 

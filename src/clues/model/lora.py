@@ -7,6 +7,8 @@ paper's q_proj + v_proj.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from clues.errors import CluesError
@@ -91,6 +93,19 @@ def _matches(target: str, names: list[str]) -> bool:
     return any(name == target or name.endswith("." + target) for name in names)
 
 
+# PEFT reads transformers' deprecated ``is_gradient_checkpointing`` alias whenever it wraps a model,
+# so every LoRA model printed a FutureWarning that no user of clues can act on.
+PEFT_DEPRECATION = r"`is_gradient_checkpointing` is deprecated and will be removed in v6\."
+
+
+@contextmanager
+def peft_quietly():
+    """Wrap or load a PEFT model without that one warning (matched by its exact text; any other shows)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_DEPRECATION, category=FutureWarning)
+        yield
+
+
 def attach_lora(model, settings: LoraSettings | None = None):
     """Wrap ``model`` in a :class:`peft.PeftModel` with a fresh LoRA adapter (only LoRA weights train).
 
@@ -126,4 +141,5 @@ def attach_lora(model, settings: LoraSettings | None = None):
         task_type="CAUSAL_LM",
         fan_in_fan_out=getattr(_base(model).config, "model_type", None) == "gpt2",
     )
-    return get_peft_model(model, config)
+    with peft_quietly():
+        return get_peft_model(model, config)

@@ -228,6 +228,7 @@ def load_scoring_model(checkpoints: Sequence[Path], base_model: str | None = Non
     from peft import PeftModel
 
     from clues.model import load_model
+    from clues.model.lora import peft_quietly
 
     meta = ckpt.load_checkpoint_meta(checkpoints[0])
     base = base_model or meta.get("base_model") or (meta.get("config") or {}).get("model")
@@ -235,7 +236,8 @@ def load_scoring_model(checkpoints: Sequence[Path], base_model: str | None = Non
         raise CluesError(f"{checkpoints[0]}: trainer_meta.json names no base model; pass --model")
     model, tokenizer = load_model(base, device=device)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(checkpoints[0]), is_trainable=False)
+        with peft_quietly():
+            peft_model = PeftModel.from_pretrained(model, str(checkpoints[0]), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CluesError(f"the adapter in {checkpoints[0]} does not fit the base model {base!r}: {first}") from exc

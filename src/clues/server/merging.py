@@ -186,7 +186,10 @@ class MergingServer:
             if adapter is not None:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, str(adapter))
+                from clues.model.lora import peft_quietly
+
+                with peft_quietly():
+                    model = PeftModel.from_pretrained(model, str(adapter))
             train = self.config.train
             return evaluate_condition(model, tokenizer, self.test, train.max_length, self.config.eval_batch_size,
                                       train.template, console=self.console, prefix_start=shared_prefix(model, train),
