@@ -214,6 +214,22 @@ def test_deployment_engine_on_loopback_stops_every_process(consortium, model_dir
     assert {r["silo"] for r in log if r["kind"] == protocol.FIT} == {"clinic", "bank"}
 
 
+
+def test_a_mistyped_certs_folder_is_refused_before_the_last_results_are_touched(consortium, model_dir, tmp_path):
+    """Rerunning a finished deployment with a wrong --certs path: one error naming the folder, and the
+    finished run's results.json and report.html are still there, unchanged."""
+    from clues.errors import CluesError
+    from clues.flower.deployment import deploy
+
+    out = tmp_path / "deployed"
+    out.mkdir()
+    (out / "results.json").write_text('{"conditions": {}}', encoding="utf-8")
+    (out / "report.html").write_text("<p>finished</p>", encoding="utf-8")
+    with pytest.raises(CluesError, match=r"--certs .*typo: missing ca.pem"):
+        deploy(_config(consortium, model_dir, out), FedSettings(rounds=1, local_steps=1), certs=tmp_path / "typo")
+    assert (out / "results.json").read_text(encoding="utf-8") == '{"conditions": {}}'
+    assert (out / "report.html").read_text(encoding="utf-8") == "<p>finished</p>"
+
 # -- a silo that disappears: the Grid transport without an engine ------------------------------------------
 
 

@@ -275,16 +275,17 @@ def deploy(config, fed, timeout: float = 900.0, say=print, certs: Path | None = 
     """
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results, report = out / "results.json", out / "report.html"
-    for old in (results, report):
-        if old.exists():
-            old.unlink()
     port = free_port()  # Flower 1.42: Fleet, Control and Runtime APIs share one HTTP port
     home = out / "flower-home"
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # Flower starts its helpers by name
     app = write_app(out, config, fed)
     security = security_for(out, config.silos, certs, insecure, say)
+    # Every input is checked (a mistyped --certs is refused above): only now may the last run's results go.
+    results = out / "results.json"
+    for old in (results, out / "report.html"):
+        if old.exists():
+            old.unlink()
     write_flower_config(home, port, security)
     procs = Processes(out / "logs", env)
     deadline = time.monotonic() + timeout
