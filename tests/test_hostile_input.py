@@ -399,3 +399,21 @@ def test_a_one_step_run_trains(files, tmp_path, model_dir, clues_here):
                             "--max-steps", "1", "--max-length", "48")
     assert code == 0, text
     assert (tmp_path / "run" / "checkpoint-1" / "trainer_meta.json").is_file()
+
+
+# -- operating-system errors: one line naming the path and the cause ----------------------------------------
+
+
+def test_an_out_that_is_a_file_is_one_error_line_naming_it(tmp_path, clues_here):
+    taken = tmp_path / "results-i-keep.txt"
+    taken.write_text("mine")
+    code, text = clues_here("demo", "--model", "default", "--out", taken)
+    assert code == 1 and "Traceback" not in text
+    assert text.strip().splitlines() == [f"error: {taken}: File exists"]
+    assert taken.read_text() == "mine"
+
+
+def test_certificates_for_a_century_are_refused_before_anything_is_written(tmp_path, clues_here):
+    code, text = clues_here("certs", "--out", tmp_path / "certs", "--days", "100000000")
+    assert code == 1 and text.strip() == "error: --days must be between 1 and 3650 (ten years), got 100000000"
+    assert not (tmp_path / "certs").exists()

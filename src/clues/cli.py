@@ -42,6 +42,12 @@ def main() -> None:
     except CluesError as exc:
         Console(stderr=True, soft_wrap=True).print(f"error: {exc}", highlight=False, markup=False, style="red")
         sys.exit(1)
+    except OSError as exc:  # a full disk, a read-only folder, a file where a folder should be: say which and why
+        where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        cause = exc.strerror or str(exc)
+        Console(stderr=True, soft_wrap=True).print(f"error: {where}: {cause}" if where else f"error: {cause}",
+                                                   highlight=False, markup=False, style="red")
+        sys.exit(1)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

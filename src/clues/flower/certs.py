@@ -72,6 +72,10 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+# Trial certificates: ten years at most (a date far beyond that overflows and means nothing here).
+MAX_DAYS = 3650
+
+
 def make_certificates(out: str | Path, hosts: Iterable[str] = (), days: int = 30, overwrite: bool = False) -> dict[str, Path]:
     """A CA and a SuperLink certificate for ``localhost``, ``127.0.0.1`` and ``hosts``; returns the paths.
 
@@ -82,8 +86,8 @@ def make_certificates(out: str | Path, hosts: Iterable[str] = (), days: int = 30
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    if days < 1:
-        raise CluesError(f"--days must be at least 1, got {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise CluesError(f"--days must be between 1 and {MAX_DAYS} (ten years), got {days}")
     out = Path(out)
     paths = {name: out / name for name in (CA, CA_KEY, SERVER, SERVER_KEY)}
     existing = [str(path) for path in paths.values() if path.exists()]
