@@ -282,8 +282,8 @@ def deploy(config, fed, timeout: float = 900.0, say=print, certs: Path | None = 
     app = write_app(out, config, fed)
     security = security_for(out, config.silos, certs, insecure, say)
     # Every input is checked (a mistyped --certs is refused above): only now may the last run's results go.
-    results = out / "results.json"
-    for old in (results, out / "report.html"):
+    results, report = out / "results.json", out / "report.html"
+    for old in (results, report):
         if old.exists():
             old.unlink()
     write_flower_config(home, port, security)
