@@ -230,6 +230,34 @@ def test_a_mistyped_certs_folder_is_refused_before_the_last_results_are_touched(
     assert (out / "results.json").read_text(encoding="utf-8") == '{"conditions": {}}'
     assert (out / "report.html").read_text(encoding="utf-8") == "<p>finished</p>"
 
+
+def test_a_rerun_stops_the_flower_processes_a_killed_run_left(tmp_path):
+    """A deployment killed -9 leaves its SuperLink running; the next run on that --out finds it through
+    logs/pids.json and stops it. A process id that now belongs to another program is left alone."""
+    import subprocess
+
+    from clues.flower.deployment import Security, _wait_port, free_port, stop_leftovers, superlink_argv
+
+    out = tmp_path / "deployed"
+    (out / "logs").mkdir(parents=True)
+    port = free_port()
+    link = subprocess.Popen(superlink_argv(port, out / "superlink.db", Security(None)), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        _wait_port(port, link, 60, "flower-superlink")
+        (out / "logs" / "pids.json").write_text(json.dumps({"superlink": link.pid, "supernode-bank": stranger.pid}))
+        said = []
+        stopped = stop_leftovers(out, said.append)
+        assert link.pid in stopped and stranger.pid not in stopped
+        assert link.wait(timeout=30) is not None and stranger.poll() is None
+        assert "stopping" in said[0] and str(link.pid) in said[0]
+        assert stop_leftovers(out, said.append) == []  # nothing left the second time
+    finally:
+        for proc in (link, stranger):
+            proc.kill()
+            proc.wait()
+
 # -- a silo that disappears: the Grid transport without an engine ------------------------------------------
 
 

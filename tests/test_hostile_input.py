@@ -417,3 +417,20 @@ def test_certificates_for_a_century_are_refused_before_anything_is_written(tmp_p
     code, text = clues_here("certs", "--out", tmp_path / "certs", "--days", "100000000")
     assert code == 1 and text.strip() == "error: --days must be between 1 and 3650 (ten years), got 100000000"
     assert not (tmp_path / "certs").exists()
+
+
+def test_a_folder_another_run_is_writing_is_refused_and_a_crashed_run_leaves_no_lock(tmp_path, clues_here):
+    """Two runs never write one --out at once; the lock is the kernel's, so a process that died
+    holding it (kill -9) leaves nothing stuck."""
+    from clues.out_lock import holding
+
+    out = tmp_path / "busy"
+    with holding(out):
+        code, text = clues_here("demo", "--model", "default", "--out", out)
+    assert code == 1 and "is being written by another clues run" in text and "Traceback" not in text
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written by the refused run
+    crashed = subprocess.run([sys.executable, "-c", "import os, sys\nfrom clues.out_lock import holding\n"
+                              f"with holding({str(out)!r}):\n    os.kill(os.getpid(), 9)"])
+    assert crashed.returncode == -9
+    with holding(out):  # free again
+        pass

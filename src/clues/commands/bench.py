@@ -17,6 +17,7 @@ import typer
 from clues.commands import make_console
 from clues.commands.run import _execute, add_sections, benchmark_values, config_values, merge_flags
 from clues.errors import CluesError
+from clues.out_lock import holding
 
 console = make_console()
 
@@ -91,21 +92,22 @@ def bench(
     section, also = merge_flags(merge, merge_space)
     sections = {"merge": section}
     started = time.perf_counter()
-    if config_file is not None:
-        values = config_values(config_file, [], {}, {})
-        values.setdefault("out", str(out / folder))
-        _run(values, chosen, match_count, flags, f"clues bench --config {config_file}{also}", collab, sections)
-    elif scenario == SWEEP:
-        from clues.sweep import write_sweep
+    with holding(out):  # one bench per output folder
+        if config_file is not None:
+            values = config_values(config_file, [], {}, {})
+            values.setdefault("out", str(out / folder))
+            _run(values, chosen, match_count, flags, f"clues bench --config {config_file}{also}", collab, sections)
+        elif scenario == SWEEP:
+            from clues.sweep import write_sweep
 
-        runs = {}
-        for share in POLLUTION_SWEEP:
-            name = f"pollution-{round(100 * share)}"
-            console.rule(f"[bold]{name}[/bold]")
-            runs[share] = _run(benchmark_values(out / name, name, seed, folder), chosen, match_count, flags,
-                               f"clues bench --scenario {name}{also}", collab, sections)
-        paths = write_sweep(runs, out)
-        console.print(f"sweep summary: {paths['markdown']}  {paths['html']}")
-    else:
-        _run(benchmark_values(out, scenario, seed, folder), chosen, match_count, flags, f"clues bench --scenario {scenario}{also}", collab, sections)
+            runs = {}
+            for share in POLLUTION_SWEEP:
+                name = f"pollution-{round(100 * share)}"
+                console.rule(f"[bold]{name}[/bold]")
+                runs[share] = _run(benchmark_values(out / name, name, seed, folder), chosen, match_count, flags,
+                                   f"clues bench --scenario {name}{also}", collab, sections)
+            paths = write_sweep(runs, out)
+            console.print(f"sweep summary: {paths['markdown']}  {paths['html']}")
+        else:
+            _run(benchmark_values(out, scenario, seed, folder), chosen, match_count, flags, f"clues bench --scenario {scenario}{also}", collab, sections)
     console.print(f"bench wall time: {time.perf_counter() - started:.0f} s")

@@ -18,6 +18,7 @@ import typer
 from clues.commands import make_console
 from clues.commands.run import config_values
 from clues.errors import CluesError
+from clues.out_lock import holding
 
 console = make_console()
 
@@ -61,18 +62,24 @@ def federate(
         raise CluesError(f"--timeout {timeout}: give a positive number of seconds")
     config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                                   rounds, local_steps, score_rounds, fraction_train, out)
-    results = run_federated(config, fed, fleet, engine, timeout=900.0 if timeout is None else timeout, certs=certs, insecure=insecure)
-    if compare is not None:
+    merging = None
+    if compare is not None:  # read before the run: a broken file must not cost a whole federation
         import json
-
-        from clues.server.results import add_comparison, write_outputs
 
         try:
             merging = json.loads(compare.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise CluesError(f"--compare {compare}: {exc}") from None
-        results = add_comparison(results, merging)
-        write_outputs(results, config.out)
+        if not isinstance(merging, dict) or not isinstance(merging.get("conditions"), dict):
+            raise CluesError(f"--compare {compare}: not a results.json of `clues run` (no 'conditions' table)")
+    with holding(config.out):  # one run per output folder
+        results = run_federated(config, fed, fleet, engine, timeout=900.0 if timeout is None else timeout,
+                                certs=certs, insecure=insecure)
+        if merging is not None:
+            from clues.server.results import add_comparison, write_outputs
+
+            results = add_comparison(results, merging)
+            write_outputs(results, config.out)
     print_summary(results, console)
     console.print(f"\nresults: {Path(config.out) / 'results.json'}  report: {Path(config.out) / 'report.html'}")
 

@@ -11,6 +11,7 @@ from clues.commands import make_console
 
 from clues.errors import CluesError
 from clues.names import check_silo_name
+from clues.out_lock import holding
 
 console = make_console()
 
@@ -79,12 +80,15 @@ def _execute(values: dict, fleet: str = "local") -> dict:
     if fleet == "flower":
         from clues.flower.simulation import simulate
 
-        results = simulate(config, None, console)
+        with holding(config.out):  # one run per output folder
+            results = simulate(config, None, console)
     else:
         from clues.server.fleet import open_local_fleet
         from clues.server.merging import MergingServer
 
-        results = MergingServer(config, open_local_fleet(config, console), console).run()
+        silos = open_local_fleet(config, console)  # every silo and label file checked before --out is made
+        with holding(config.out):  # one run per output folder
+            results = MergingServer(config, silos, console).run()
     print_summary(results, console)
     console.print(f"\nresults: {Path(config.out) / 'results.json'}  report: {Path(config.out) / 'report.html'}")
     return results
@@ -150,10 +154,11 @@ def demo(
         MergeSettings(**given)
     except CluesError as exc:
         raise CluesError(f"--merge/--merge-space: {exc}") from None
-    values = benchmark_values(out, scenario, seed)
-    values.update(conditions=list(DEMO_CONDITIONS), model=model, merge=given,
-                  _source=f"clues demo --scenario {scenario} --model {model}{also}")
-    _execute(values)
+    with holding(out):  # the demo's whole folder, benchmark included
+        values = benchmark_values(out, scenario, seed)
+        values.update(conditions=list(DEMO_CONDITIONS), model=model, merge=given,
+                      _source=f"clues demo --scenario {scenario} --model {model}{also}")
+        _execute(values)
     console.print(f"demo wall time: {time.perf_counter() - started:.0f} s")
 
 

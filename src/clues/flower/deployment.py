@@ -241,6 +241,49 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _is_flower_process(pid: int, out: Path) -> bool:
+    """``pid`` is alive and is one of the Flower tools a run on ``out`` started (its command line names
+    a Flower tool and this output folder), so a process id the system has since given to another
+    program is never signalled."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    names = [Path(a.decode(errors="replace")).name for a in argv if a]
+    return any(n.startswith("flower-") or n == "flwr" for n in names) and str(out).encode() in b" ".join(argv)
+
+
+def stop_leftovers(out: Path, say=print, grace: float = 10.0) -> list[int]:
+    """Stop what an earlier deployment on ``out`` left running (its parent killed -9: SuperLink,
+    SuperNodes and every process below them), found through its ``logs/pids.json``; returns their ids."""
+    record = out / "logs" / "pids.json"
+    try:
+        pids = [int(pid) for pid in json.loads(record.read_text(encoding="utf-8")).values()]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+    roots = [pid for pid in pids if _is_flower_process(pid, out)]
+    if not roots:
+        return []
+    everyone = sorted({*roots, *(child for pid in roots for child in descendants(pid))})
+    say(f"stopping {len(everyone)} processes an earlier run on {out} left running (ids {', '.join(map(str, everyone))})")
+    for pid in everyone:
+        _signal_pid(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in everyone):
+        time.sleep(0.2)
+    for pid in everyone:
+        _signal_pid(pid, signal.SIGKILL)
+    return everyone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _signal_pid(pid: int, sig) -> None:
     try:
         os.kill(pid, sig)
@@ -281,6 +324,7 @@ def deploy(config, fed, timeout: float = 900.0, say=print, certs: Path | None = 
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # Flower starts its helpers by name
     app = write_app(out, config, fed)
     security = security_for(out, config.silos, certs, insecure, say)
+    stop_leftovers(out, say)  # a run killed -9 leaves its Flower stack writing here
     # Every input is checked (a mistyped --certs is refused above): only now may the last run's results go.
     results, report = out / "results.json", out / "report.html"
     for old in (results, report):
