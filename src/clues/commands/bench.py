@@ -80,8 +80,6 @@ def bench(
     out: Path = typer.Option(Path("clues-bench"), "--out", help="Output folder. Rerun to resume."),
 ) -> None:
     """Compare CLUES with mixed, oracle, random, perplexity, IFD, DataInf, LESS and RDS+ on one benchmark."""
-    from clues.data.scenarios import POLLUTION_SWEEP
-
     if (scenario is None) == (config_file is None):
         raise CluesError("give exactly one of --scenario NAME and --config FILE")
     if collab not in ("merge", "federated"):
@@ -92,12 +90,21 @@ def bench(
     section, also = merge_flags(merge, merge_space)
     sections = {"merge": section}
     started = time.perf_counter()
+    if config_file is not None:  # the run's own folder is locked by the run, after its inputs are checked
+        values = config_values(config_file, [], {}, {})
+        values.setdefault("out", str(out / folder))
+        _run(values, chosen, match_count, flags, f"clues bench --config {config_file}{also}", collab, sections)
+    else:
+        _bench_scenario(out, scenario, seed, folder, chosen, match_count, flags, also, collab, sections)
+    console.print(f"bench wall time: {time.perf_counter() - started:.0f} s")
+
+
+def _bench_scenario(out, scenario, seed, folder, chosen, match_count, flags, also, collab, sections) -> None:
+    """Build the shipped benchmark(s) in ``out`` and bench them; ``out`` is held for the whole sweep."""
+    from clues.data.scenarios import POLLUTION_SWEEP
+
     with holding(out):  # one bench per output folder
-        if config_file is not None:
-            values = config_values(config_file, [], {}, {})
-            values.setdefault("out", str(out / folder))
-            _run(values, chosen, match_count, flags, f"clues bench --config {config_file}{also}", collab, sections)
-        elif scenario == SWEEP:
+        if scenario == SWEEP:
             from clues.sweep import write_sweep
 
             runs = {}
@@ -110,4 +117,3 @@ def bench(
             console.print(f"sweep summary: {paths['markdown']}  {paths['html']}")
         else:
             _run(benchmark_values(out, scenario, seed, folder), chosen, match_count, flags, f"clues bench --scenario {scenario}{also}", collab, sections)
-    console.print(f"bench wall time: {time.perf_counter() - started:.0f} s")
