@@ -236,16 +236,22 @@ def test_a_rerun_stops_the_flower_processes_a_killed_run_left(tmp_path):
     logs/pids.json and stops it. A process id that now belongs to another program is left alone."""
     import subprocess
 
-    from clues.flower.deployment import Security, _wait_port, free_port, stop_leftovers, superlink_argv
+    from clues.flower.deployment import BIN, Security, _wait_port, free_port, stop_leftovers, superlink_argv
 
     out = tmp_path / "deployed"
     (out / "logs").mkdir(parents=True)
     port = free_port()
+    log = open(tmp_path / "superlink.log", "wb")
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "FLWR_TELEMETRY_ENABLED": "0",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # the SuperLink starts its SuperExec by name
     link = subprocess.Popen(superlink_argv(port, out / "superlink.db", Security(None)), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        _wait_port(port, link, 60, "flower-superlink")
+        try:
+            _wait_port(port, link, 60, "flower-superlink")
+        except Exception:
+            raise AssertionError((tmp_path / "superlink.log").read_text(errors="replace")[-2000:])
         (out / "logs" / "pids.json").write_text(json.dumps({"superlink": link.pid, "supernode-bank": stranger.pid}))
         said = []
         stopped = stop_leftovers(out, said.append)
