@@ -180,6 +180,23 @@ def test_clues_certs_makes_a_ca_a_superlink_certificate_and_supernode_keys(tmp_p
     assert code == 1 and "already exists" in text
 
 
+def test_clues_certs_checks_every_silo_before_it_writes_a_file(tmp_path, clues_here):
+    """A repeated --silo, a bad name, or a SuperNode key already there: refused in one line, and the
+    folder is left as it was (no CA or server certificate written before the refusal)."""
+    for args, message in ((["--silo", "clinic", "--silo", "clinic"], "--silo 'clinic' is given twice"),
+                          (["--silo", "clinic", "--silo", "../up"], "--silo")):
+        out = tmp_path / f"certs-{len(message)}"
+        code, text = clues_here("certs", "--out", out, *args)
+        assert code == 1 and message in text and "Traceback" not in text, text
+        assert not out.exists()
+    out = tmp_path / "keys"
+    out.mkdir()
+    (out / "bank.key").write_text("an old key")
+    code, text = clues_here("certs", "--out", out, "--silo", "clinic", "--silo", "bank")
+    assert code == 1 and f"{out / 'bank.key'} already exists" in text, text
+    assert sorted(p.name for p in out.iterdir()) == ["bank.key"] and (out / "bank.key").read_text() == "an old key"
+
+
 def test_insecure_mode_only_by_name_and_with_a_warning(tmp_path):
     from clues.flower.deployment import security_for, superlink_argv, supernode_argv
 
@@ -195,6 +212,69 @@ def test_insecure_mode_only_by_name_and_with_a_warning(tmp_path):
     (tmp_path / "mine").mkdir()
     with pytest.raises(CluesError, match=r"--certs .*mine: missing ca.pem, server.pem, server.key"):
         security_for(tmp_path / "d", ["clinic"], certs=tmp_path / "mine", say=said.append)
+
+
+def _tls_folder(tmp_path, name, *, swap=None, write=None):
+    """A copy of one trial TLS folder with one file replaced: by another folder's (``swap``) or by text."""
+    import shutil
+
+    from clues.flower.certs import make_certificates
+
+    for trial in ("first", "second"):
+        if not (tmp_path / trial).exists():
+            make_certificates(tmp_path / trial)
+    folder = tmp_path / name
+    shutil.copytree(tmp_path / "first", folder)
+    if swap:
+        shutil.copy(tmp_path / "second" / swap, folder / swap)
+    for file, text in (write or {}).items():
+        (folder / file).write_text(text)
+    return folder
+
+
+def test_each_tls_misconfiguration_is_named_with_its_file_and_cause_before_anything_starts(tmp_path):
+    """A wrong CA, a key of another certificate, an expired or not yet valid certificate, a host the
+    certificate does not name, a file that is not PEM: one line each, naming the file, from the check
+    `clues federate --engine deployment --certs` runs before it starts a SuperLink."""
+    import datetime as dt
+
+    from clues.flower.certs import check_tls_folder
+    from clues.flower.deployment import security_for
+
+    good = _tls_folder(tmp_path, "good")
+    assert set(check_tls_folder(good)) == {"ca.pem", "server.pem", "server.key"}
+    cases = [
+        (_tls_folder(tmp_path, "wrong-ca", swap="ca.pem"), {}, r"wrong-ca/server.pem: not signed by the CA in .*wrong-ca/ca.pem"),
+        (_tls_folder(tmp_path, "other-key", swap="server.key"), {},
+         r"other-key/server.key: this key does not belong to the certificate .*other-key/server.pem"),
+        (_tls_folder(tmp_path, "not-pem", write={"server.pem": "hello"}), {}, r"not-pem/server.pem: not a PEM certificate"),
+        (_tls_folder(tmp_path, "bad-key", write={"server.key": "hello"}), {}, r"bad-key/server.key: not a PEM private key"),
+        (good, {"now": dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=31)}, r"good/ca.pem: the certificate expired on "),
+        (good, {"now": dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)}, r"good/ca.pem: the certificate is not valid before"),
+        (good, {"host": "superlink.example.org"},
+         r"good/server.pem: not valid for the host superlink.example.org \(it names localhost, 127.0.0.1;"),
+    ]
+    for folder, options, message in cases:
+        with pytest.raises(CluesError, match=message):
+            check_tls_folder(folder, **options)
+    # the deployment runs the same check before it writes or starts anything
+    with pytest.raises(CluesError, match=r"wrong-ca/server.pem: not signed by the CA"):
+        security_for(tmp_path / "run", ["clinic"], certs=tmp_path / "wrong-ca", say=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_server_certificate_signed_by_another_authority_of_the_same_name_is_refused(tmp_path):
+    """Two trial CAs share their subject name; only the signature tells them apart, and it is checked."""
+    from cryptography import x509
+
+    from clues.flower.certs import check_tls_folder
+
+    folder = _tls_folder(tmp_path, "twin", swap="ca.pem")
+    first = x509.load_pem_x509_certificate((tmp_path / "first" / "ca.pem").read_bytes())
+    twin = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+    assert first.subject == twin.subject and first.public_key() != twin.public_key()
+    with pytest.raises(CluesError, match="the signature does not verify"):
+        check_tls_folder(folder)
 
 
 def test_a_tls_superlink_refuses_plaintext_and_unregistered_supernodes(tmp_path):

@@ -132,8 +132,7 @@ def certs(
     days: int = typer.Option(30, "--days", help="Validity of the certificates in days (a trial, not production)."),
 ) -> None:
     """Self-signed TLS certificates (and SuperNode key pairs) for a trial federation on Flower."""
-    from clues.flower.certs import make_certificates, make_node_keys
-    from clues.names import check_silo_name
+    from clues.flower.certs import make_certificates, make_node_keys, node_key_paths
 
     try:
         import cryptography  # noqa: F401  (installed with Flower)
@@ -141,9 +140,9 @@ def certs(
         raise CluesError("clues certs needs the 'cryptography' package, which comes with Flower: "
                          "pip install -e '.[federated]'") from None
 
-    names = [check_silo_name(name, "--silo") for name in silo]
+    node_key_paths(out, silo)  # every --silo checked before the first file is written
     paths = make_certificates(out, host, days)
-    keys = make_node_keys(out, names)
+    keys = make_node_keys(out, silo)
     console.print(f"TLS: {paths['ca.pem']} (give it to every SuperNode and to `flwr`), {paths['server.pem']} and "
                   f"{paths['server.key']} (the SuperLink's); keep {paths['ca.key']} private")
     for name, (private, public) in keys.items():

@@ -298,11 +298,12 @@ def _signal_group(pid: int, sig) -> None:
         pass
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str) -> None:
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise CluesError(f"{what} exited with code {proc.returncode} (see its log)")
+            where = f"its log: {log}" if log else "its log"
+            raise CluesError(f"{what} exited with code {proc.returncode} (see {where})")
         with socket.socket() as sock:
             sock.settimeout(0.5)
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -336,7 +337,7 @@ def deploy(config, fed, timeout: float = 900.0, say=print, certs: Path | None = 
     previous = _exit_on_sigterm()
     try:
         link = procs.start("superlink", superlink_argv(port, out / "superlink.db", security))
-        _wait_port(port, link, 60, "flower-superlink")
+        _wait_port(port, link, 60, "flower-superlink", out / "logs" / "superlink.log")
         register_supernodes(security, env, out)
         for name, path in config.silos.items():
             node_config = f"silo-file={json.dumps(str(Path(path).resolve()))} silo-name={json.dumps(name)} " \
