@@ -298,7 +298,7 @@ class VanishingGrid:
         return replies
 
 
-def test_a_silo_that_disappears_is_left_out_and_logged(consortium, model_dir, tmp_path, monkeypatch):
+def test_a_silo_that_disappears_is_left_out_logged_and_said(consortium, model_dir, tmp_path, monkeypatch, clues_here):
     from flwr.supercore.task_identity import TaskIdentity
 
     from clues.flower.grid import GridFleet
@@ -320,6 +320,19 @@ def test_a_silo_that_disappears_is_left_out_and_logged(consortium, model_dir, tm
     assert fits[("fl-mixed", 2)]["missing"] == ["bank"] and fits[("fl-mixed", 1)]["missing"] == []
     assert any(f["silo"] == "bank" and "no reply" in f["reason"] for f in results["federated"]["failures"])
     assert set(results["conditions"]) == FL_CONDITIONS
+    # said loudly: the first lines of the report, the console of `clues federate`, and its exit status
+    missed = sum(f["silo"] == "bank" for f in results["federated"]["failures"])  # round 2 of every condition
+    assert missed == len(FL_CONDITIONS) and len(results["warnings"]) == 1
+    assert results["warnings"][0].startswith(f"silo 'bank': {missed} replies missing (rounds 2), failed or timed out")
+    assert f"warning: {results['warnings'][0]}" in (out / "report.md").read_text(encoding="utf-8").split("## ")[1]
+    import clues.commands.federate as federate_command
+
+    silo_flags = [a for name, path in silos.items() for a in ("--silo", f"{name}={path}")]
+    public = [a for name in ("validation", "anchor", "test") for a in (f"--{name}", getattr(config, name))]
+    monkeypatch.setattr(federate_command, "run_federated", lambda *args, **kwargs: results)  # the run above, as the command reads it
+    code, text = clues_here("federate", *silo_flags, *public, "--model", model_dir, "--out", tmp_path / "cli")
+    assert code == federate_command.PARTIAL == 3, text
+    assert f"warning: silo 'bank': {missed} replies missing" in text
 
 
 def test_a_failing_silo_tells_the_server_its_name_and_counts_never_a_record(consortium, tmp_path, monkeypatch, tiny_tokenizer):

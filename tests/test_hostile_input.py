@@ -380,6 +380,24 @@ def test_the_same_run_twice_writes_the_same_bytes_apart_from_timing(tmp_path, mo
     assert adapter["target_modules"] == sorted(targets)
 
 
+def test_a_diverged_run_is_refused_instead_of_keeping_everything(tmp_path, model_dir, clues_here):
+    """lr 1e30 saturates the tiny model: its loss stays finite but every gradient is 0, so CLUES would
+    score every record 0.0 and keep all of them with exit 0. The silo refuses to rank; the run says so."""
+    from conftest import small_consortium
+
+    silos, public, labels = small_consortium(tmp_path / "data", 6, {"validation": 2, "anchor": 2, "test": 2})
+    config = tmp_path / "run.toml"
+    config.write_text("\n".join([
+        f'model = "{model_dir}"', f'validation = "{public["validation"]}"', f'anchor = "{public["anchor"]}"',
+        f'test = "{public["test"]}"', f'labels = "{labels}"', 'conditions = ["mixed", "clues"]', "[silos]",
+        *(f'{name} = "{path}"' for name, path in silos.items()),
+        "[train]", "epochs = 1", "batch_size = 6", "max_length = 48", "lr = 1e30", "[score]", "batch_size = 6", ""]))
+    code, text = clues_here("run", "--config", config, "--out", tmp_path / "out")
+    assert code == 1 and "Traceback" not in text, text
+    assert "cannot rank them: the training run probably diverged" in text, text
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
 def test_clues_score_twice_writes_the_same_bytes_apart_from_timing(trained_run, files, tmp_path, clues_here):
     run, _ = trained_run
     for name in ("a", "b"):

@@ -229,3 +229,20 @@ def test_thresholds_take_each_silos_own_domain_anchors():
     assert own_domain_anchors(reply, anchors) == [2.0, 4.0]
     assert own_domain_anchors({**reply, "domains": []}, anchors) == [1.0, 2.0, 3.0, 4.0]  # no domain: all
     assert own_domain_anchors({**reply, "domains": ["law"]}, anchors) == [1.0, 2.0, 3.0, 4.0]  # none shared: all
+
+
+def test_a_silo_whose_domain_no_anchor_shares_is_named_in_a_warning():
+    """Its threshold falls back to every anchor (other domains'): said, once per such silo, never for a
+    silo with an anchor of its own or one that names no domain (data without domain labels)."""
+    from types import SimpleNamespace
+
+    from clues.select import anchor_warnings, own_domain_anchors
+
+    anchors = [SimpleNamespace(domain="finance"), SimpleNamespace(domain="medical")]
+    replies = {"bank": {"domains": ["finance"], "anchor_scores": [1.0, 5.0]},
+               "school": {"domains": ["exam", "law"], "anchor_scores": [2.0, 3.0]},
+               "plain": {"domains": [], "anchor_scores": [4.0, 6.0]}}
+    assert anchor_warnings(replies, anchors) == [
+        "silo 'school': no anchor is of its domain (exam, law); its threshold comes from the anchors of other domains"]
+    assert own_domain_anchors(replies["school"], anchors) == [2.0, 3.0]  # the fallback the warning names
+    assert own_domain_anchors(replies["bank"], anchors) == [1.0]

@@ -220,6 +220,24 @@ def test_optimizer_step_weighs_each_record_the_same(tiny_llama):
     assert loss == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_its_last_sound_checkpoint(tmp_path, model_dir):
+    """lr 1e30: the first step blows the weights up, the second step's loss is not finite. Training stops
+    there with TrainingDiverged (public words: the federation learns why), before stepping on NaN, so
+    the checkpoint saved after step 1 holds finite weights and no later checkpoint is written."""
+    from clues.errors import TrainingDiverged
+    from clues.failures import public_reason
+
+    config = TrainConfig(model=model_dir, max_steps=4, save_every=1, **{**FAST, "lr": 1e30})
+    with pytest.raises(TrainingDiverged, match=r"a step's mean loss is (nan|inf) at learning rate 1e\+30") as caught:
+        train(config, RECORDS, tmp_path / "run", console=None)
+    assert public_reason(caught.value) == TrainingDiverged.PUBLIC
+    saved = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert saved and "checkpoint-4" not in saved
+    for folder in (tmp_path / "run").glob("checkpoint-*"):
+        for name, tensor in load_file(str(folder / ckpt.ADAPTER_FILE)).items():
+            assert torch.isfinite(tensor).all(), (folder.name, name)
+
+
 def test_config_validation():
     with pytest.raises(CluesError, match="either"):
         TrainConfig(epochs=2, max_steps=5)

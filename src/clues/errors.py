@@ -31,3 +31,11 @@ class DataError(CluesError):
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class TrainingDiverged(CluesError):
+    """A training step's loss is not finite: stepping on would write NaN weights, and every later
+    stage (scores, threshold, merge) would run on them without a word. Its public text is fixed words
+    (:func:`clues.failures.public_reason`), so a federation learns why a silo stopped."""
+
+    PUBLIC = "training diverged (a step's loss is not finite): lower the learning rate"

@@ -7,7 +7,7 @@ failure into an ``error`` :class:`~clues.protocol.Message` on the silo's side, b
 crosses: the exception's class name, the request kind and a public reason, that is
 
 - the ``public`` text of a :class:`SiloError` (fixed words, counts, names the server already knows);
-- for a :class:`~clues.errors.DataError`, the number of problems;
+- for a :class:`~clues.errors.DataError`, the number of problems; for a diverged training, fixed words;
 - for anything else, nothing but the class name.
 
 The full message and traceback go to ``silo-errors.log`` in the silo's own work folder (or, when the
@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from clues import protocol
-from clues.errors import CluesError, DataError
+from clues.errors import CluesError, DataError, TrainingDiverged
 from clues.protocol import Message
 
 LOG_NAME = "silo-errors.log"
@@ -54,6 +54,8 @@ def public_reason(exc: BaseException) -> str:
     """What the server may learn of ``exc``: never its message unless it was declared public."""
     if isinstance(exc, SiloError):
         return exc.public
+    if isinstance(exc, TrainingDiverged):
+        return TrainingDiverged.PUBLIC
     if isinstance(exc, DataError):
         return f"{len(exc.problems)} problems in the silo's data (details in the silo's {LOG_NAME})"
     return f"details in the silo's {LOG_NAME}"

@@ -584,7 +584,7 @@ def write_report(results: Mapping, out_dir: str | os.PathLike, score_data: Mappi
     tables = all_tables(results, score_data)
     figures = write_plots(results, out_dir, score_data)
     config = results.get("config")
-    lines = verdict(results)
+    lines = verdict(results) + [f"warning: {line}" for line in results.get("warnings") or ()]
     paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html"}
     with atomic_open(paths["markdown"]) as handle:
         handle.write(render_markdown(tables, figures, config, verdict=lines))

@@ -112,6 +112,20 @@ def own_domain_anchors(reply: Mapping, anchors: Sequence) -> list[float]:
     return mine or scores
 
 
+def anchor_warnings(replies: Mapping[str, Mapping], anchors: Sequence) -> list[str]:
+    """One line per silo that names its domains but shares none with the anchors: its threshold then
+    falls back to every anchor (:func:`own_domain_anchors`), other domains' included, which may sit
+    anywhere on this silo's scale. Worth a loud word, not a refusal: the run is still meaningful."""
+    anchor_domains = {a.domain for a in anchors}
+    lines = []
+    for name, reply in replies.items():
+        domains = sorted(set(reply.get("domains") or ()))
+        if domains and not anchor_domains & set(domains):
+            lines.append(f"silo {name!r}: no anchor is of its domain ({', '.join(domains)}); its threshold comes "
+                         "from the anchors of other domains")
+    return lines
+
+
 def select(scores: Sequence[float], tau: float) -> list[bool]:
     """Keep decision per record: ``score >= tau`` (a NaN score is never kept)."""
     return [float(s) >= tau for s in scores]

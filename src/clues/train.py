@@ -43,7 +43,7 @@ from clues.config import DTYPES, TrainConfig  # the settings live with every oth
 from clues.data.batching import pad_batch
 from clues.data.records import Record
 from clues.data.template import encode_all
-from clues.errors import CluesError
+from clues.errors import CluesError, TrainingDiverged
 from clues.loss import batch_record_losses
 
 META_FORMAT = 1
@@ -105,6 +105,10 @@ def optimizer_step(model, optimizer, micro_batches: Sequence[dict], max_grad_nor
         losses = batch_record_losses(model, batch)
         (losses.sum() / n_records).backward()
         total += float(losses.detach().sum())
+    if not math.isfinite(total):  # refuse before the step: the weights and the last checkpoint stay sound
+        optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"training diverged: a step's mean loss is {total / n_records} at learning rate "
+                               f"{optimizer.param_groups[0]['lr']:g}; lower the learning rate (the last checkpoint is kept)")
     if max_grad_norm and max_grad_norm > 0:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -82,6 +82,13 @@ def federate(
             write_outputs(results, config.out)
     print_summary(results, console)
     console.print(f"\nresults: {Path(config.out) / 'results.json'}  report: {Path(config.out) / 'report.html'}")
+    for line in results.get("warnings") or ():
+        console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
+    if (results.get("federated") or {}).get("failures"):
+        raise typer.Exit(PARTIAL)
+
+
+PARTIAL = 3  # exit status of a federation that finished without every silo's replies (its report says which)
 
 
 def run_federated(config, fed, fleet: str = "flower", engine: str = "simulation", **deployment) -> dict:

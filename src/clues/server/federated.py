@@ -86,6 +86,7 @@ class FederatedServer:
         self.stages = Stages(self.out, self.console)
         self.round_log: list[dict] = []
         self.failures: list[dict] = []
+        self.warnings: list[str] = []
         self.scoring_seconds: dict[str, float] = {}
         self.local_warmup = False  # LESS and DataInf: each silo's local warm-up run, asked for once
         # What every stage depends on: a changed option, silo file or public set reruns the run.
@@ -318,7 +319,7 @@ class FederatedServer:
         "per-silo"``, the default), or one tau from all anchor scores pooled (``"global"``). ``random``
         and ``--match-count`` keep, per silo, as many records as federated CLUES kept there.
         """
-        from clues.select import own_domain_anchors, silo_thresholds
+        from clues.select import anchor_warnings, own_domain_anchors, silo_thresholds
 
         started = time.perf_counter()
         scores = self.score_method(method)
@@ -327,6 +328,7 @@ class FederatedServer:
             counts = {s: clues_selection[s]["kept"] for s in self.fleet.silos() if s in clues_selection}
             selection = self.select(None, method, counts)
         else:
+            self.warnings += [line for line in anchor_warnings(scores, self.anchor) if line not in self.warnings]
             own = {name: own_domain_anchors(reply, self.anchor) for name, reply in scores.items()}
             selection = self.select(silo_thresholds(own, self.config.select.policy, self.config.select.mode), method)
         final, curve, _, _ = self.rounds(f"fl-{method}", initial)
@@ -384,6 +386,9 @@ class FederatedServer:
             "timing": {**self.stages.timing, "total": round(time.perf_counter() - started, 3)},
             "config": {**self.config.to_dict(), "federated": self.fed.to_dict()},
         }
+        warnings = failure_warnings(self.failures) + self.warnings
+        if warnings:
+            results["warnings"] = warnings
         write_outputs(results, self.out)
         return results
 
@@ -391,3 +396,18 @@ class FederatedServer:
 def _mean(values) -> float | None:
     values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return sum(values) / len(values) if values else None
+
+
+def failure_warnings(failures: list[dict]) -> list[str]:
+    """One line per silo that failed or stayed silent: how many requests, in which rounds."""
+    by_silo: dict[str, list[dict]] = {}
+    for failure in failures:
+        by_silo.setdefault(str(failure.get("silo")), []).append(failure)
+    lines = []
+    for silo, missed in by_silo.items():
+        rounds = sorted({f["round"] for f in missed if isinstance(f.get("round"), int)})
+        where = f" (rounds {', '.join(map(str, rounds))})" if rounds else ""
+        lines.append(f"silo {silo!r}: {len(missed)} replies missing{where}, failed or timed out "
+                     f"({missed[-1].get('reason') or missed[-1].get('kind')}); the run went on without them")
+    return lines
+

@@ -33,7 +33,7 @@ from clues.config import RunConfig
 from clues.data import record_to_json
 from clues.errors import CluesError
 from clues.protocol import Message
-from clues.select import own_domain_anchors, silo_thresholds
+from clues.select import anchor_warnings, own_domain_anchors, silo_thresholds
 from clues.server.fleet import Fleet
 from clues.server.overlap import PUBLIC_SETS, load_public_sets, overlap_request, warn_overlap
 from clues.server.results import public_scores, save_adapter, subset_of, write_outputs
@@ -61,6 +61,13 @@ class MergingServer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.stages = Stages(self.out, self.console)
         self.selection: dict[str, dict] = {}  # per method, per silo: what each kept
+        self.warnings: list[str] = []  # said on the console and at the top of the report
+
+    def warn(self, lines) -> None:
+        for line in lines:
+            if line not in self.warnings:
+                self.warnings.append(line)
+                self.console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
 
     def _ask(self, silo: str, kind: str, meta: dict) -> Message:
         return self.fleet.request(silo, Message(kind, meta))
@@ -122,6 +129,8 @@ class MergingServer:
     def select(self, scores: dict, method: str = "clues") -> dict:
         """tau from ``method``'s own anchor scores; or, for ``random`` and ``--match-count``, CLUES' kept count per silo."""
         match = method != "clues" and (method == "random" or self.config.select.match_count)
+        if not match:
+            self.warn(anchor_warnings(scores, self.anchor))
         taus = silo_thresholds({n: own_domain_anchors(s, self.anchor) for n, s in scores.items()},
                                self.config.select.policy, self.config.select.mode)
         results = {}
@@ -205,6 +214,7 @@ class MergingServer:
         conditions = self.config.conditions
         trained, scores = {}, {}
         self.selection.clear()
+        self.warnings.clear()
         self.check_overlap()
         if "mixed" in conditions:
             trained["mixed"] = self.train_condition("mixed")
@@ -230,6 +240,7 @@ class MergingServer:
             "training": trained,
             "timing": {**self.stages.timing, "total": round(time.perf_counter() - started, 3)},
             "config": self.config.to_dict(),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
         write_outputs(results, self.out)
         return results

@@ -9,6 +9,7 @@ anchors' scores (public records) and a summary (:mod:`clues.silo.summary`).
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -96,6 +97,7 @@ def answer(silo, message: Message) -> Message:
         silo.totals.update({(m, request): t for m, t in known.items()})
     silo.totals[(method, request)] = totals
     scores = totals["data"].tolist()
+    check_ranking(silo.name, method, scores)
     silo.scores[method] = scores
     silo.kept.pop(method, None)
     write_jsonl(silo.file("scores", method), (
@@ -106,3 +108,14 @@ def answer(silo, message: Message) -> Message:
     reply.update(method=method, domains=list(silo.domains), anchor_scores=totals["anchor"].tolist())
     reply.update(score_report(scores, silo.clean(), silo.corruption_list()))
     return Message(protocol.SCORES, reply)
+
+
+def check_ranking(silo: str, method: str, scores: list[float]) -> None:
+    """Refuse a score that cannot rank: every record scored the same, or none scored a number. A run
+    whose training diverged gives every gradient 0, so CLUES scores every record 0.0 and any threshold
+    keeps all or nothing; selecting on it would look like a result. (A few NaN scores are allowed: a
+    NaN score is never kept.) The message is fixed words, a count and names: it may cross."""
+    finite = [s for s in scores if math.isfinite(s)]
+    if len(scores) > 1 and (not finite or max(finite) == min(finite)):
+        raise SiloError(f"silo {silo!r}: {method} gave all {len(scores)} records the same score (or none), so it cannot "
+                        "rank them: the training run probably diverged or did not move (check the learning rate)")
