@@ -233,6 +233,7 @@ CONFIG_CASES = {  # name: (TOML lines after the paths, what the error must say a
     "match_count": ("[select]\nmatch_count = 1", " [select]: match_count must be true or false"),
     "density": ("[merge]\ndensity = 0.0", " [merge]: density must be in (0, 1]"),
     "weights": ("[merge.weights]\nbank = nan", " [merge]: weights must be finite"),
+    "weights_typo": ("[merge.weights]\nbnak = 2.0", ": [merge.weights] 'bnak' is not a silo of this run (silos: bank)"),
     "section_not_table": ("train = 3", ": train must be a table"),
     "silo_number": ("[silos]\nbank = 3", ": [silos] bank must be a file path"),
     "silo_table": ("[silos.bank]\nfile = 'x.jsonl'", ": [silos] bank must be a file path"),
@@ -264,10 +265,10 @@ def test_every_bad_config_value_is_named_with_its_file_and_key(files, tmp_path, 
     code, text = clues_here("federate", "--config", path, "--out", out)
     assert_error(code, text, f"{path} [train]: lr must be finite")
     for body, needle in (("rounds = 1.5", "rounds must be an integer, got 1.5"), ("score_rounds = 2", "score_rounds must be"),
-                         ("round_timeout = -1.0", "round_timeout must be > 0")):
+                         ("round_timeout = -1.0", "round_timeout must be > 0"), ("roundz = 3", "unknown key 'roundz'")):
         path = _config(tmp_path, "federated", "[federated]\n" + body, files)
         code, text = clues_here("federate", "--config", path, "--out", out)
-        assert_error(code, text, f"[federated]: {needle}")
+        assert_error(code, text, f"{path} [federated]: {needle}")
     # and once as a real process
     done = clues("run", "--config", tmp_path / "epochs_bool.toml", "--out", out)
     assert_error(done.returncode, done.stdout + done.stderr, f"{tmp_path / 'epochs_bool.toml'} [train]: epochs must be an integer")
@@ -280,6 +281,14 @@ def test_bad_flag_values_are_refused_like_config_values(files, tmp_path, clues_h
         code, text = clues_here("train", "--data", files["good"], "--out", tmp_path / "run", flag, value)
         assert_error(code, text, needle)
         assert not (tmp_path / "run").exists()
+    # a flag's bad value is blamed on the flag, not on the config file it overrides
+    path = _config(tmp_path, "fine", "[train]\nlr = 0.001", files)
+    for command in ("run", "federate"):
+        for flag, value, needle in (("--lr", "-1", "--lr -1.0: lr must be > 0, got -1.0"),
+                                    ("--threshold", "bogus", "--threshold bogus: unknown threshold policy 'bogus'")):
+            code, text = clues_here(command, "--config", path, "--out", tmp_path / "out", flag, value)
+            assert_error(code, text, needle)
+            assert str(path) not in text and not (tmp_path / "out").exists()
     # the demo checks its merge before it builds its benchmark
     code, text = clues_here("demo", "--model", "default", "--merge", "magic", "--out", tmp_path / "demo")
     assert_error(code, text, "--merge/--merge-space: method must be one of")

@@ -269,15 +269,10 @@ class FedSettings:
         return {**asdict(self), "score_rounds": list(self.checkpoints)}
 
 
-def fed_settings(values: dict) -> FedSettings:
-    """:class:`FedSettings` from a ``[federated]`` table (TOML lists become tuples); a problem names the table."""
-    values = dict(values)
-    if isinstance(values.get("score_rounds"), list):  # anything else is refused by FedSettings' type check
-        values["score_rounds"] = tuple(values["score_rounds"])
-    try:
-        return FedSettings(**values)
-    except (TypeError, CluesError) as exc:
-        raise CluesError(f"[federated]: {exc}") from None
+def fed_settings(values: dict, where: str = "config") -> FedSettings:
+    """:class:`FedSettings` from a ``[federated]`` table (TOML lists become tuples); a problem, an unknown
+    key included, names the file and the table."""
+    return _build(FedSettings, values, f"{where} [federated]")
 
 
 @dataclass(frozen=True)
@@ -328,6 +323,9 @@ class RunConfig:
             object.__setattr__(self, "conditions", ("mixed", *self.conditions))
         if self.train.model != self.model:
             object.__setattr__(self, "train", replace(self.train, model=self.model))
+        for name in self.merge.weights or {}:  # a misspelt silo would silently weigh 1.0
+            if name not in self.silos:
+                raise CluesError(f"[merge.weights] {name!r} is not a silo of this run (silos: {', '.join(self.silos)})")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -403,7 +401,14 @@ def make_config(values: dict) -> RunConfig:
     """Build a :class:`RunConfig` from plain values (TOML content merged with command-line flags)."""
     where = values.pop("_source", "config")
     values = dict(values)
+    flags = values.pop("_flags", {})
     sections = {name: values.pop(name, {}) or {} for name in _SECTIONS}
+    for (section, key), flag in flags.items():  # a flag's value checked on its own: the error names the flag
+        if isinstance(sections.get(section), dict) and key in sections[section]:
+            try:
+                _SECTIONS[section](**{key: sections[section][key]})
+            except (TypeError, CluesError) as exc:
+                raise CluesError(f"{flag} {sections[section][key]}: {exc}") from None
     if isinstance(sections["train"], dict):  # a preset's CPU regime, under what the config says
         sections["train"] = {**PRESET_TRAIN.get(str(values.get("model", "default")), {}), **sections["train"]}
     if isinstance(sections["score"], dict):

@@ -58,7 +58,7 @@ def _federated(values: dict) -> dict:
     from clues.flower.simulation import simulate
     from clues.report import print_summary
 
-    fed = fed_settings(values.pop("federated", {}) or {})
+    fed = fed_settings(values.pop("federated", {}) or {}, values.get("_source", "config"))
     values["score"] = {**FEDERATED_SCORE_DEFAULTS, **values.get("score", {})}
     config = make_config(values)
     results = simulate(config, fed, console)

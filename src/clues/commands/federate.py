@@ -128,7 +128,8 @@ def federate_values(config_file, silo, validation, anchor, test, labels, model, 
     for key, value in {"rounds": rounds, "local_steps": local_steps, "fraction_train": fraction_train}.items():
         if value is not None:
             fed_values[key] = value
-    return make_config(values), fed_settings(fed_values)
+    fed = fed_settings(fed_values, values.get("_source", "config"))
+    return make_config(values), fed
 
 
 def certs(

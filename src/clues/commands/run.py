@@ -52,12 +52,20 @@ def config_values(config_file: Path | None, silos: list[str], flat: dict, sectio
     return values
 
 
+# Section keys whose flag is not simply ``--key`` (with dashes).
+FLAG_NAMES = {("select", "policy"): "--threshold", ("select", "mode"): "--threshold-mode",
+              ("merge", "method"): "--merge", ("merge", "space"): "--merge-space"}
+
+
 def add_sections(values: dict, sections: dict) -> None:
-    """Put the section flags that were given (not None) over ``values``' sections, in place."""
+    """Put the section flags that were given (not None) over ``values``' sections, in place, and note
+    which keys came from a flag (``_flags``) so a bad value is blamed on the flag, not on the file."""
     for section, options in sections.items():
         given = {k: v for k, v in options.items() if v is not None}
         if given:
             values[section] = {**values.get(section, {}), **given}
+            values.setdefault("_flags", {}).update(
+                {(section, key): FLAG_NAMES.get((section, key), "--" + key.replace("_", "-")) for key in given})
 
 
 def merge_flags(merge: str | None, merge_space: str | None) -> tuple[dict, str]:
