@@ -407,6 +407,30 @@ def test_a_diverged_run_is_refused_instead_of_keeping_everything(tmp_path, model
     assert not (tmp_path / "out" / "results.json").exists()
 
 
+def test_a_validation_file_without_a_silos_domain_is_refused_before_anything_trains(tmp_path, model_dir, clues_here):
+    """With [score] w_other = 0 (the default) a silo scores along its own domain's validation gradient;
+    a validation file without that domain used to stop the run at scoring, after every silo trained."""
+    from conftest import small_consortium
+
+    from clues.io import read_jsonl, write_jsonl
+
+    silos, public, labels = small_consortium(tmp_path / "data", 6, {"validation": 2, "anchor": 2, "test": 2})
+    bank_domains = sorted({r["domain"] for r in read_jsonl(silos["bank"])})
+    others = [r for r in read_jsonl(public["validation"]) if r["domain"] not in bank_domains]
+    validation = tmp_path / "validation.jsonl"
+    write_jsonl(validation, others)
+    config = tmp_path / "run.toml"
+    config.write_text("\n".join([
+        f'model = "{model_dir}"', f'validation = "{validation}"', f'anchor = "{public["anchor"]}"',
+        f'test = "{public["test"]}"', f'labels = "{labels}"', 'conditions = ["mixed", "clues"]', "[silos]",
+        *(f'{name} = "{path}"' for name, path in silos.items()),
+        "[train]", "epochs = 1", "batch_size = 6", "max_length = 48", ""]))
+    code, text = clues_here("run", "--config", config, "--out", tmp_path / "out")
+    assert_error(code, text, f"silo 'bank': the validation file {validation} has no record of its domain ({', '.join(bank_domains)}",
+                 "and [score] w_other is 0")
+    assert not list((tmp_path / "out").glob("silos/*/runs/*"))  # refused before the first training step
+
+
 def test_clues_score_twice_writes_the_same_bytes_apart_from_timing(trained_run, files, tmp_path, clues_here):
     run, _ = trained_run
     for name in ("a", "b"):

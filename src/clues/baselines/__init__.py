@@ -54,6 +54,10 @@ _SCORERS = {
 # Methods that score with the silo's warm-up training run (the others need only the base model).
 NEEDS_WARMUP = ("clues", "loss", "datainf", "less",
                 *(name for name, parts in FUSIONS.items() if {"clues", "loss", "datainf", "less"} & set(parts)))
+# Methods that score along the validation gradient of the silo's own domain(s), other domains weighing
+# ``[score] w_other`` (clues.scoring.engine.validation_weights): with w_other 0 they need a validation
+# record of the silo's domain.
+OWN_DOMAIN_DIRECTION = ("clues", "datainf", *(name for name, parts in FUSIONS.items() if {"clues", "datainf"} & set(parts)))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from rich.console import Console
 
 from clues import protocol
-from clues.baselines import METHODS
+from clues.baselines import METHODS, OWN_DOMAIN_DIRECTION
 from clues.config import RunConfig
 from clues.data import record_to_json
 from clues.errors import CluesError
@@ -75,13 +75,29 @@ class MergingServer:
     def check_overlap(self) -> dict[str, dict[str, int]]:
         """Warn when a silo holds records of a public set; asked once, the counts kept as a stage result."""
         request = overlap_request(self.validation, self.anchor, self.test)
-        counts = {
-            name: self.stages.run(f"overlap-{name}", {"silo": self.silo_digest[name], "public": self.public_key},
-                                  lambda name=name: self._ask(name, request.kind, request.meta).meta["public_overlap"])
+        replies = {
+            name: self.stages.run(f"overlap-{name}", {"silo": self.silo_digest[name], "public": self.public_key, "v": 2},
+                                  lambda name=name: {k: self._ask(name, request.kind, request.meta).meta.get(k)
+                                                     for k in ("public_overlap", "domains")})
             for name in self.silos
         }
+        counts = {name: reply["public_overlap"] for name, reply in replies.items()}
         warn_overlap(self.console, counts)
+        self.check_validation_domains({name: reply.get("domains") or [] for name, reply in replies.items()})
         return counts
+
+    def check_validation_domains(self, domains: dict[str, list[str]]) -> None:
+        """Refuse, before anything trains, a validation file that has no record of a silo's domain when
+        other domains weigh 0 (``[score] w_other = 0``, the default): the silo's CLUES direction would be
+        empty, and the run would stop at scoring, hours later."""
+        if self.config.score.w_other > 0 or not any(c in OWN_DOMAIN_DIRECTION for c in self.config.conditions):
+            return
+        present = {r.domain for r in self.validation}
+        for name, own in domains.items():
+            if own and not present & set(own):
+                raise CluesError(f"silo {name!r}: the validation file {self.config.validation} has no record of its "
+                                 f"domain ({', '.join(own)}; it has {', '.join(sorted(map(str, present))) or 'none'}), "
+                                 "and [score] w_other is 0: add validation records of that domain, or set w_other > 0")
 
     # -- stages -------------------------------------------------------------------------------------
     def train_condition(self, condition: str) -> dict:

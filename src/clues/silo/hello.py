@@ -1,7 +1,8 @@
 """``hello``: the silo's name and record count, so the server can address and weigh it.
 
 With ``public`` sets in the request, how many own records share an id or the content with each
-(a count only: which records they are stays in the silo).
+(a count only: which records they are stays in the silo), and the silo's domain labels, so the
+server can refuse a validation file without them before anything trains.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from clues.protocol import Message
 def answer(silo, message: Message) -> Message:
     reply = {"silo": silo.name, "records": len(silo.records), "labelled": silo.labels is not None}
     if message.meta.get("public"):
+        reply["domains"] = list(silo.domains)  # public labels (score replies carry them too): checked against validation
         reply["public_overlap"] = {
             name: shared_count(silo.records, (record_from_dict(r, name, n) for n, r in enumerate(rows, 1)))
             for name, rows in message.meta["public"].items()
