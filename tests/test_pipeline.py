@@ -114,6 +114,19 @@ def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_
     assert protocol.TRAIN not in {protocol.Message.from_bytes(b).kind for _, _, b in crossed}  # training reused
     fresh = Server(make_config({**linear, "out": str(tmp_path / "fresh")}), Console(quiet=True)).run()
     assert remerged["conditions"] == fresh["conditions"] != third["conditions"]
+    # an edited silo file (same ids, one answer changed): that silo trains afresh in a new run folder,
+    # instead of refusing to resume its old checkpoints; the other silo's stages are reused
+    from clues.io import write_jsonl
+
+    rows = read_jsonl(silos["bank"])
+    rows[0] = {**rows[0], "output": rows[0]["output"] + " (edited)"}
+    edited = tmp_path / "bank-edited.jsonl"
+    write_jsonl(edited, rows)
+    crossed.clear()
+    Server(make_config({**linear, "silos": {**silos, "bank": str(edited)}}), Console(quiet=True)).run()
+    asked = {(silo, protocol.Message.from_bytes(b).kind) for silo, d, b in crossed if d == "server->silo"}
+    assert {silo for silo, kind in asked if kind == protocol.TRAIN} == {"bank"}
+    assert len(list((out / "silos" / "bank" / "runs").glob("mixed-*"))) == 2
 
 
 def _raw(consortium, model_dir, out):

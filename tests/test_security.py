@@ -153,6 +153,14 @@ def test_an_unexpected_exception_crosses_as_its_class_name_only(tmp_path, tiny_t
     assert b"acct-7731" not in raw and b"cleared on the same day" not in raw
     assert_nothing_private_crossed(replies, raw, GOOD, tiny_tokenizer, also=[json.dumps(fleet.failures)])
     assert leak in (workdir / "silo-errors.log").read_text()
+    # asked directly (as `clues run` asks), the error the operator reads names the log's file; the
+    # reason, which goes into results.json, still does not
+    from clues.failures import SiloFailure
+
+    with pytest.raises(SiloFailure) as caught:
+        fleet.request("bank", protocol.Message(protocol.HELLO, {}))
+    assert str(caught.value).endswith(f"ValueError: details in the silo's silo-errors.log ({workdir / 'silo-errors.log'})")
+    assert str(tmp_path) not in caught.value.reason
 
 
 # -- TLS, SuperNode authentication, insecure only by name ---------------------------------------------------------

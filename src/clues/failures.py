@@ -45,8 +45,11 @@ class SiloError(CluesError):
 class SiloFailure(CluesError):
     """Server side: a silo answered a request with an error (its public reason only)."""
 
-    def __init__(self, silo: str, kind: str, reason: str):
-        super().__init__(f"silo {silo!r} failed to answer {kind!r}: {reason}")
+    def __init__(self, silo: str, kind: str, reason: str, log: Path | None = None):
+        """``log``: where the silo's log lies when the silo runs in this process; named in the message
+        the operator reads, never in ``reason`` (which goes into results.json)."""
+        where = f" ({log})" if log is not None and LOG_NAME in reason else ""
+        super().__init__(f"silo {silo!r} failed to answer {kind!r}: {reason}{where}")
         self.silo, self.kind, self.reason = silo, kind, reason
 
 

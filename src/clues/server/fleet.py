@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Protocol
 from rich.console import Console
 
 from clues import protocol
+from clues.failures import LOG_NAME as FAILURE_LOG
 from clues.failures import SiloFailure, describe, failure_reply
 from clues.protocol import BoundaryLog, Message, Tap
 
@@ -84,8 +85,8 @@ class LocalFleet:
         except Exception as exc:  # silo side: only the kind and a public reason may cross
             reply = failure_reply(delivered.kind, exc, silo, holder.workdir)
         received = self._cross(silo, "silo->server", reply, round)
-        if received.kind == protocol.ERROR:
-            raise SiloFailure(silo, delivered.kind, describe(received))
+        if received.kind == protocol.ERROR:  # in this process the silo's log is a file the operator can open
+            raise SiloFailure(silo, delivered.kind, describe(received), log=Path(holder.workdir) / FAILURE_LOG)
         return received
 
     def exchange(self, requests: Mapping[str, Message], round: int | None = None) -> dict[str, Message]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from clues import checkpoint as ckpt
 from clues import protocol
 from clues.protocol import Message
-from clues.train import TrainConfig, plan, train
+from clues.train import TrainConfig, data_fingerprint, plan, train
 
 
 def records_digest(records) -> str:
@@ -29,8 +29,9 @@ def records_digest(records) -> str:
 
 
 def run_dir(silo, tag: str, records, config: TrainConfig) -> Path:
-    """One folder per (tag, data, config): a changed subset or config never collides with an old run."""
-    key = hashlib.sha256(json.dumps([records_digest(records), config.to_dict()], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """One folder per (tag, data, config): a changed subset, an edited record or a changed config never
+    collides with an old run (an edited silo file trains afresh instead of refusing to resume)."""
+    key = hashlib.sha256(json.dumps([data_fingerprint(records), config.to_dict()], sort_keys=True, default=str).encode()).hexdigest()[:10]
     return silo.workdir / "runs" / f"{tag}-{key}"
 
 
