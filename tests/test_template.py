@@ -80,3 +80,45 @@ def test_unknown_template_and_tiny_max_length(tiny_tokenizer):
         encode(_rec(), tiny_tokenizer, 128, template="vicuna")
     with pytest.raises(CluesError, match="too small"):
         encode(_rec(), tiny_tokenizer, 8)
+
+
+def test_a_huge_record_is_cut_before_tokenizing_and_encodes_as_the_whole_text_would(tiny_tokenizer):
+    """A record of megabytes: the tokenizer never sees more than max_length * MAX_TOKEN_CHARS characters
+    at each end of a field, and the encoding equals the one computed from the whole text by hand
+    (prompt: head and the response-marker tail; answer: its head)."""
+    import random
+
+    from clues.data.template import MAX_TOKEN_CHARS, cut_prompt
+
+    words = "the loan rate rises when inflation stays high for a year and banks price risk".split()
+    rng = random.Random(0)
+    text = lambda n: " ".join(rng.choice(words) for _ in range(n))  # noqa: E731
+    record = _rec(instruction=text(20), input=text(150_000) + " The last words of the input.", output=text(120_000))
+    assert len(record.input) > 4 * 48 * MAX_TOKEN_CHARS
+    seen = []
+
+    class Spy:
+        """The tiny tokenizer, noting the length of every text it is given."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, text, **options):
+            seen.append(len(text))
+            return self.inner(text, **options)
+
+    short_answer = _rec(instruction=record.instruction, input=record.input, output="Rates rise.")
+    for case, max_length, truncated in ((record, 48, "response"), (short_answer, 64, "prompt")):
+        seen.clear()
+        enc = encode(case, Spy(tiny_tokenizer), max_length)
+        assert max(seen) <= 2 * max_length * MAX_TOKEN_CHARS + len(case.instruction) + 400  # both ends, the template
+        prompt = tiny_tokenizer(render_prompt(case), verbose=False)["input_ids"]
+        response = tiny_tokenizer(case.output, add_special_tokens=False, verbose=False)["input_ids"] + [tiny_tokenizer.eos_token_id]
+        if truncated == "response":  # not even the answer fits: a 16-token prompt, the answer's head
+            want = cut_prompt(prompt, 16) + response[: max_length - 16]
+        else:  # the whole answer, the prompt's head and its response-marker tail
+            want = cut_prompt(prompt, max_length - len(response)) + response
+        assert enc["truncated"] == truncated and enc["input_ids"] == want

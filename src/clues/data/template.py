@@ -10,7 +10,7 @@ boundary is exact: no BPE merge can straddle it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from clues.data.records import Record
 from clues.errors import CluesError
@@ -79,6 +79,26 @@ def cut_prompt(prompt: list[int], budget: int) -> list[int]:
     return prompt[: budget - tail] + prompt[len(prompt) - tail :]
 
 
+# No token of a real tokenizer spans more characters than this (SmolLM2's longest: 81). A field longer
+# than max_length * MAX_TOKEN_CHARS characters cannot fit anyway; it is shortened before tokenizing.
+MAX_TOKEN_CHARS = 256
+
+
+def bounded(record: Record, max_length: int) -> Record:
+    """``record`` with every field cut to what ``max_length`` tokens can use, so one huge record costs
+    no more memory than a long one. The prompt keeps as many characters at each end as ``max_length``
+    tokens could span, so its head and its tail (what :func:`cut_prompt` keeps) tokenize as before;
+    the answer keeps its head (a cut answer keeps its head too)."""
+    cap = max_length * MAX_TOKEN_CHARS
+
+    def ends(text: str) -> str:
+        return text if len(text) <= 2 * cap else text[:cap] + text[-cap:]
+
+    if max(len(record.instruction), len(record.input), len(record.output)) <= cap:
+        return record
+    return replace(record, instruction=ends(record.instruction), input=ends(record.input), output=record.output[:cap])
+
+
 def encode(record: Record, tokenizer, max_length: int, template: str = "alpaca") -> dict:
     """Token ids and labels of one record: ``labels`` is -100 on every prompt token.
 
@@ -90,6 +110,7 @@ def encode(record: Record, tokenizer, max_length: int, template: str = "alpaca")
         raise CluesError(f"max_length={max_length} is too small; need at least {MIN_PROMPT_TOKENS + 1} tokens")
     if tokenizer.eos_token_id is None:
         raise CluesError("the tokenizer has no end-of-sequence token; a response could never end")
+    record = bounded(record, max_length)
     prompt = prompt_tokens(record, tokenizer, template)
     response = response_tokens(record, tokenizer)
     truncated = None
