@@ -170,3 +170,29 @@ def clues_here(capsys, monkeypatch):
         return stop.value.code, captured.out + captured.err
 
     return call
+
+
+def documented_crossings() -> tuple[set, set]:
+    """docs/privacy.md's field table: ``{(direction, kind, field)}`` and ``{(direction, kind)}`` whose
+    tensors are described (a row whose field cell starts with "tensors")."""
+    doc = Path(__file__).resolve().parent.parent / "docs" / "privacy.md"
+    fields, tensors = set(), set()
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if not line.startswith(("| server->silo |", "| silo->server |")):
+            continue
+        direction, kind, cell = (c.strip() for c in line.strip().strip("|").split("|")[:3])
+        if cell.startswith("tensors"):
+            tensors.add((direction, kind))
+        else:
+            fields.update((direction, kind, name.strip()) for name in cell.split(","))
+    return fields, tensors
+
+
+def assert_crossings_documented(rows) -> None:
+    """Every boundary-log row (``direction``, ``kind``, ``meta_keys``, ``tensor_keys``) is in docs/privacy.md:
+    a field or tensors that cross without a row there fail, so the page cannot fall behind the code."""
+    fields, tensors = documented_crossings()
+    missing = sorted({(r["direction"], r["kind"], key) for r in rows for key in r["meta_keys"]} - fields)
+    assert not missing, f"fields that cross but docs/privacy.md does not list: {missing}"
+    untold = sorted({(r["direction"], r["kind"]) for r in rows if r["tensor_keys"]} - tensors)
+    assert not untold, f"tensors that cross but docs/privacy.md does not describe: {untold}"

@@ -151,6 +151,9 @@ def test_simulation_writes_results_with_the_federated_conditions(simulated):
     assert {r["direction"] for r in log} == {"server->silo", "silo->server"}
     assert all({"round", "message_type", "records", "bytes", "kind"} <= set(r) and r["bytes"] > 0 for r in log)
     assert {r["message_type"] for r in log} >= {"train", "query.score", "query.select", "query.hello"}
+    from conftest import assert_crossings_documented
+
+    assert_crossings_documented(log)  # every field that crossed has its row in docs/privacy.md
 
 
 def test_a_silo_failing_mid_round_does_not_stop_the_run(simulated):

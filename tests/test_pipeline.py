@@ -94,6 +94,9 @@ def test_run_keeps_private_data_inside_silos_and_resumes(consortium, tiny_model_
     assert_nothing_private_crossed(outgoing, raw_wire, private, tiny_tokenizer)
     log = read_jsonl(out / "boundary_log.jsonl")
     assert len(log) == len(crossed) and {r["direction"] for r in log} == {"server->silo", "silo->server"}
+    from conftest import assert_crossings_documented
+
+    assert_crossings_documented(log)  # every field that crossed has its row in docs/privacy.md
 
     # -- resume: a rerun with the same inputs and config asks the silos nothing ---------------------
     crossed.clear()

@@ -153,6 +153,10 @@ def test_an_unexpected_exception_crosses_as_its_class_name_only(tmp_path, tiny_t
     assert b"acct-7731" not in raw and b"cleared on the same day" not in raw
     assert_nothing_private_crossed(replies, raw, GOOD, tiny_tokenizer, also=[json.dumps(fleet.failures)])
     assert leak in (workdir / "silo-errors.log").read_text()
+    from conftest import assert_crossings_documented
+
+    assert_crossings_documented([{"direction": "silo->server", "kind": m.kind, "meta_keys": list(m.meta),
+                                  "tensor_keys": len(m.tensors)} for m in replies])
     # asked directly (as `clues run` asks), the error the operator reads names the log's file; the
     # reason, which goes into results.json, still does not
     from clues.failures import SiloFailure
