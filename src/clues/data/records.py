@@ -312,13 +312,19 @@ def load_many(paths: Iterable[str | os.PathLike]) -> list[Record]:
     return records
 
 
-def shared_count(records: Iterable[Record], public: Iterable[Record]) -> int:
-    """How many of ``records`` share an id or their content (instruction, input, output, stripped)
-    with a record of ``public``: a public set overlapping a silo biases scores, threshold and test loss."""
+def shared_flags(records: Iterable[Record], public: Iterable[Record]) -> list[bool]:
+    """Per record of ``records``: does it share an id or its content (instruction, input, output,
+    stripped) with a record of ``public``? A public set overlapping a silo biases scores, threshold
+    and test loss."""
     content = lambda r: (r.instruction.strip(), r.input.strip(), r.output.strip())  # noqa: E731
     public = list(public)
     ids, contents = {r.id for r in public}, {content(r) for r in public}
-    return sum(1 for r in records if r.id in ids or content(r) in contents)
+    return [r.id in ids or content(r) in contents for r in records]
+
+
+def shared_count(records: Iterable[Record], public: Iterable[Record]) -> int:
+    """How many of ``records`` are exact copies of a public record (:func:`shared_flags`)."""
+    return sum(shared_flags(records, public))
 
 
 def record_to_json(record: Record) -> dict:

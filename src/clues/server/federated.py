@@ -343,7 +343,8 @@ class FederatedServer:
         started = time.perf_counter()
         request = overlap_request(self.validation, self.anchor, self.test)
         replies = self.fleet.exchange({s: request for s in self.fleet.silos()}, None)
-        warn_overlap(self.console, {n: r.meta.get("public_overlap", {}) for n, r in replies.items()})
+        warn_overlap(self.console, {n: r.meta.get("public_overlap", {}) for n, r in replies.items()},
+                     {n: r.meta.get("public_near", {}) for n, r in replies.items()})
         self.failures = list(self.fleet.failures)  # those of joining (hello) and of this overlap check
         wanted = [c for c in ("mixed", "clues", "oracle") if c in self.config.conditions]
         initial = initial_adapter(self.config.train)

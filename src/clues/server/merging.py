@@ -76,13 +76,13 @@ class MergingServer:
         """Warn when a silo holds records of a public set; asked once, the counts kept as a stage result."""
         request = overlap_request(self.validation, self.anchor, self.test)
         replies = {
-            name: self.stages.run(f"overlap-{name}", {"silo": self.silo_digest[name], "public": self.public_key, "v": 2},
+            name: self.stages.run(f"overlap-{name}", {"silo": self.silo_digest[name], "public": self.public_key, "v": 3},
                                   lambda name=name: {k: self._ask(name, request.kind, request.meta).meta.get(k)
-                                                     for k in ("public_overlap", "domains")})
+                                                     for k in ("public_overlap", "public_near", "domains")})
             for name in self.silos
         }
         counts = {name: reply["public_overlap"] for name, reply in replies.items()}
-        warn_overlap(self.console, counts)
+        warn_overlap(self.console, counts, {name: reply.get("public_near") or {} for name, reply in replies.items()})
         self.check_validation_domains({name: reply.get("domains") or [] for name, reply in replies.items()})
         return counts
 

@@ -30,10 +30,17 @@ def overlap_request(validation, anchor, test) -> Message:
     return Message(protocol.HELLO, {"public": {name: [record_to_json(r) for r in rows] for name, rows in public.items()}})
 
 
-def warn_overlap(console, counts: dict[str, dict[str, int]]) -> None:
-    """One warning line per silo whose records also appear in a public set (counts and set names only)."""
+def warn_overlap(console, counts: dict[str, dict[str, int]], near: dict[str, dict[str, int]] | None = None) -> None:
+    """One warning line per silo whose records also appear in a public set (counts and set names only):
+    exact copies, then near-duplicates (within one word, case and spacing ignored)."""
     for silo, per_set in counts.items():
         shared = ", ".join(f"{name} {per_set[name]}" for name in PUBLIC_SETS if per_set.get(name))
+        close = (near or {}).get(silo) or {}
+        almost = ", ".join(f"{name} {close[name]}" for name in PUBLIC_SETS if close.get(name))
+        if almost:
+            console.print(f"[yellow]warning: silo {silo!r} holds near-duplicates of public records ({almost} records "
+                          "within one word, case and spacing ignored): public validation, anchor and test data "
+                          "should be disjoint from every silo[/yellow]", soft_wrap=True)
         if shared:
             console.print(f"[yellow]warning: silo {silo!r} shares records with public sets ({shared} records, same id "
                           "or same content): public validation, anchor and test data should be disjoint from every "

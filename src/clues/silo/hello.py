@@ -1,14 +1,17 @@
 """``hello``: the silo's name and record count, so the server can address and weigh it.
 
 With ``public`` sets in the request, how many own records share an id or the content with each
-(a count only: which records they are stays in the silo), and the silo's domain labels, so the
+(a count only: which records they are stays in the silo), how many more are near-duplicates of one
+(within one word, case and spacing ignored: :mod:`clues.data.near_duplicates`), and the silo's
+domain labels, so the
 server can refuse a validation file without them before anything trains.
 """
 
 from __future__ import annotations
 
 from clues import protocol
-from clues.data.records import record_from_dict, shared_count
+from clues.data.near_duplicates import near_count
+from clues.data.records import record_from_dict, shared_flags
 from clues.protocol import Message
 
 
@@ -16,8 +19,9 @@ def answer(silo, message: Message) -> Message:
     reply = {"silo": silo.name, "records": len(silo.records), "labelled": silo.labels is not None}
     if message.meta.get("public"):
         reply["domains"] = list(silo.domains)  # public labels (score replies carry them too): checked against validation
-        reply["public_overlap"] = {
-            name: shared_count(silo.records, (record_from_dict(r, name, n) for n, r in enumerate(rows, 1)))
-            for name, rows in message.meta["public"].items()
-        }
+        sets = {name: [record_from_dict(r, name, n) for n, r in enumerate(rows, 1)]
+                for name, rows in message.meta["public"].items()}
+        exact = {name: shared_flags(silo.records, rows) for name, rows in sets.items()}
+        reply["public_overlap"] = {name: sum(flags) for name, flags in exact.items()}
+        reply["public_near"] = {name: near_count(silo.records, rows, exact[name]) for name, rows in sets.items()}
     return Message(protocol.INFO, reply)
