@@ -77,8 +77,7 @@ class MergingServer:
         request = overlap_request(self.validation, self.anchor, self.test)
         replies = {
             name: self.stages.run(f"overlap-{name}", {"silo": self.silo_digest[name], "public": self.public_key, "v": 3},
-                                  lambda name=name: {k: self._ask(name, request.kind, request.meta).meta.get(k)
-                                                     for k in ("public_overlap", "public_near", "domains")})
+                                  lambda name=name: _overlap_reply(self._ask(name, request.kind, request.meta)))
             for name in self.silos
         }
         counts = {name: reply["public_overlap"] for name, reply in replies.items()}
@@ -260,3 +259,9 @@ class MergingServer:
         }
         write_outputs(results, self.out)
         return results
+
+
+def _overlap_reply(reply: Message) -> dict:
+    """What the overlap stage keeps of a silo's hello reply: the counts and its domain labels."""
+    return {key: reply.meta.get(key) for key in ("public_overlap", "public_near", "domains")}
+
