@@ -389,9 +389,8 @@ def test_the_same_run_twice_writes_the_same_bytes_apart_from_timing(tmp_path, mo
     assert adapter["target_modules"] == sorted(targets)
 
 
-def test_a_diverged_run_is_refused_instead_of_keeping_everything(tmp_path, model_dir, clues_here):
-    """lr 1e30 saturates the tiny model: its loss stays finite but every gradient is 0, so CLUES would
-    score every record 0.0 and keep all of them with exit 0. The silo refuses to rank; the run says so."""
+def _tiny_run(tmp_path: Path, model_dir, *train_lines: str) -> Path:
+    """A two-silo run config on the tiny model (6 records per silo, one epoch), mixed and clues."""
     from conftest import small_consortium
 
     silos, public, labels = small_consortium(tmp_path / "data", 6, {"validation": 2, "anchor": 2, "test": 2})
@@ -400,11 +399,55 @@ def test_a_diverged_run_is_refused_instead_of_keeping_everything(tmp_path, model
         f'model = "{model_dir}"', f'validation = "{public["validation"]}"', f'anchor = "{public["anchor"]}"',
         f'test = "{public["test"]}"', f'labels = "{labels}"', 'conditions = ["mixed", "clues"]', "[silos]",
         *(f'{name} = "{path}"' for name, path in silos.items()),
-        "[train]", "epochs = 1", "batch_size = 6", "max_length = 48", "lr = 1e30", "[score]", "batch_size = 6", ""]))
-    code, text = clues_here("run", "--config", config, "--out", tmp_path / "out")
+        "[train]", "epochs = 1", "batch_size = 6", "max_length = 48", *train_lines, "[score]", "batch_size = 6", ""]))
+    return config
+
+
+def test_a_diverged_run_is_refused_instead_of_keeping_everything(tmp_path, model_dir, clues_here):
+    """lr 1e30 saturates the tiny model: its loss stays finite but every gradient is 0, so CLUES would
+    score every record 0.0 and keep all of them with exit 0. The silo refuses to rank; the run says so."""
+    code, text = clues_here("run", "--config", _tiny_run(tmp_path, model_dir, "lr = 1e30"), "--out", tmp_path / "out")
     assert code == 1 and "Traceback" not in text, text
     assert "cannot rank them: the training run probably diverged" in text, text
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, model_dir):
+    """Files capped at 64 kB (RLIMIT_FSIZE: a full disk without root): the run stops with one error line
+    naming the cause, whichever write hits the cap first (today a library's temporary file, which has
+    no path we could name); once the cap is lifted the same command finishes."""
+    import resource
+    import signal
+
+    def capped():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    config, out = _tiny_run(tmp_path, model_dir), tmp_path / "out"
+    full = subprocess.run([sys.executable, "-m", "clues.cli", "run", "--config", str(config), "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, timeout=600, preexec_fn=capped)
+    assert_error(full.returncode, full.stdout + full.stderr, "File too large")
+    done = clues("run", "--config", config, "--out", out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((out / "results.json").read_text())["conditions"]["clues"]["mean_test_loss"] > 0
+
+
+def test_a_full_disk_inside_safetensors_is_named_by_its_cause_and_may_cross_as_fixed_words():
+    """safetensors' writer does not raise OSError: its text carries the OS's words, which the CLI and a
+    silo's public reason both use (never a path). Produced for real, in a process with capped files."""
+    code = ("import resource, signal, torch\n"
+            "from safetensors.torch import save_file\n"
+            "from clues.errors import os_cause\n"
+            "from clues.failures import public_reason\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+            "try:\n"
+            "    save_file({'a': torch.zeros(10000)}, '/tmp/clues-capped-test.safetensors')\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, '|', os_cause(exc), '|', public_reason(exc))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.stdout.strip() == ("SafetensorError | File too large | a file operation failed: File too large "
+                                   "(details in the silo's silo-errors.log)"), done.stdout + done.stderr
 
 
 def test_a_validation_file_without_a_silos_domain_is_refused_before_anything_trains(tmp_path, model_dir, clues_here):

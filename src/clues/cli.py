@@ -14,7 +14,7 @@ from clues.commands import federate as federate_commands
 from clues.commands import run as run_commands
 from clues.commands import score as score_commands
 from clues.commands import train as train_commands
-from clues.errors import CluesError
+from clues.errors import CluesError, os_cause
 
 app = typer.Typer(
     help="CLUES: find the high-quality records in private data silos, train one model on them.",
@@ -45,14 +45,23 @@ def main() -> None:
     except OSError as exc:  # a full disk, a read-only folder, a file where a folder should be: say which and why
         where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
         cause = exc.strerror or str(exc)
-        Console(stderr=True, soft_wrap=True).print(f"error: {where}: {cause}" if where else f"error: {cause}",
-                                                   highlight=False, markup=False, style="red")
+        text = f"error: {where}: {cause}" if where else f"error: a file could not be written or read: {cause}; " \
+                                                         "finished stages are kept, rerun once the cause is fixed"
+        Console(stderr=True, soft_wrap=True).print(text, highlight=False, markup=False, style="red")
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
+    except Exception as exc:  # safetensors' writer reports a full disk in a text of its own
+        cause = os_cause(exc)
+        if cause is None:
+            raise
+        Console(stderr=True, soft_wrap=True).print(f"error: a file could not be written or read: {cause}; finished "
+                                                   "stages are kept, rerun the same command once the cause is fixed",
+                                                   highlight=False, markup=False, style="red")
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

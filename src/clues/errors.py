@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -39,3 +40,16 @@ class TrainingDiverged(CluesError):
     (:func:`clues.failures.public_reason`), so a federation learns why a silo stopped."""
 
     PUBLIC = "training diverged (a step's loss is not finite): lower the learning rate"
+
+
+_RUST_IO = re.compile(r"I/O error: (.+?) \(os error \d+\)")
+
+
+def os_cause(exc: BaseException) -> str | None:
+    """The operating system's words for why a file operation failed ("No space left on device"), from
+    an ``OSError`` or from the text safetensors' writer gives its own error; None when there are none.
+    Fixed words of the OS, never a path: they may be told to a server."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    found = _RUST_IO.search(str(exc))
+    return found.group(1) if found else None

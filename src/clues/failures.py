@@ -8,6 +8,7 @@ crosses: the exception's class name, the request kind and a public reason, that 
 
 - the ``public`` text of a :class:`SiloError` (fixed words, counts, names the server already knows);
 - for a :class:`~clues.errors.DataError`, the number of problems; for a diverged training, fixed words;
+- for a failed file operation (a full disk), the operating system's words for the cause, not the path;
 - for anything else, nothing but the class name.
 
 The full message and traceback go to ``silo-errors.log`` in the silo's own work folder (or, when the
@@ -23,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from clues import protocol
-from clues.errors import CluesError, DataError, TrainingDiverged
+from clues.errors import CluesError, DataError, TrainingDiverged, os_cause
 from clues.protocol import Message
 
 LOG_NAME = "silo-errors.log"
@@ -59,6 +60,9 @@ def public_reason(exc: BaseException) -> str:
         return exc.public
     if isinstance(exc, TrainingDiverged):
         return TrainingDiverged.PUBLIC
+    cause = os_cause(exc)  # a full disk, a read-only folder: the OS's own words, never the path
+    if cause:
+        return f"a file operation failed: {cause} (details in the silo's {LOG_NAME})"
     if isinstance(exc, DataError):
         return f"{len(exc.problems)} problems in the silo's data (details in the silo's {LOG_NAME})"
     return f"details in the silo's {LOG_NAME}"
