@@ -227,6 +227,7 @@ CONFIG_CASES = {  # name: (TOML lines after the paths, what the error must say a
     "lora_targets": ("[train]\nlora_targets = 3", " [train]: lora_targets must be an array of strings"),
     "eval_batch_size": ("eval_batch_size = 0", ": eval_batch_size must be >= 1, got 0"),
     "answers": ('answers = "yes"', ': answers must be true or false, got "yes"'),
+    "drop_overlap": ('drop_overlap = 1', ': drop_overlap must be true or false, got 1'),
     "conditions_string": ('conditions = "clues"', ': conditions must be an array of strings, got "clues"'),
     "w_other": ("[score]\nw_other = nan", " [score]: w_other must be finite, got nan"),
     "policy": ("[select]\npolicy = 3", " [select]: policy must be a string, got 3"),

@@ -8,7 +8,7 @@ import random
 
 from clues import protocol
 from clues.data import record_from_dict
-from clues.data.near_duplicates import MIN_WORDS, NearIndex, near_count, variants, words
+from clues.data.near_duplicates import MIN_WORDS, NearIndex, near_flags, variants, words
 from clues.data.records import record_to_json
 
 QUESTION = "What is the usual first treatment for a patient with newly diagnosed high blood pressure?"
@@ -80,8 +80,50 @@ def test_planted_duplicates_are_found_and_counted_apart_from_exact_copies(tmp_pa
         assert record.id.encode() not in crossed  # counts only
 
 
-def test_near_count_leaves_out_the_exact_copies_it_is_told_of():
+def test_near_flags_mark_each_record_within_one_word_of_a_public_one():
     public = [_rec(QUESTION, ANSWER)]
-    records = [_rec(QUESTION, ANSWER), _rec(QUESTION.replace("usual", "standard"), ANSWER)]
-    assert near_count(records, public) == 2
-    assert near_count(records, public, exact=[True, False]) == 1
+    records = [_rec(QUESTION, ANSWER), _rec(QUESTION.replace("usual", "standard"), ANSWER), _rec("Define APR.", ANSWER)]
+    assert near_flags(records, public) == [True, True, False]
+
+
+def test_drop_overlap_leaves_planted_copies_out_of_training_and_a_rerun_without_it_takes_them_back(
+        tmp_path, tiny_model_dir, clues_here):
+    """Three public records planted in a silo (a test record as is, a validation record in capitals, an
+    anchor record with one word changed): `clues run --drop-overlap` trains that silo on the rest and
+    says how many it left out; the ids stay in the silo's work folder. The same run without the flag,
+    into the same folder, trains on every record again."""
+    import json
+
+    from conftest import small_consortium
+
+    from clues.io import read_jsonl, write_jsonl
+
+    silos, public, labels = small_consortium(tmp_path / "data", 6, {"validation": 2, "anchor": 2, "test": 2})
+    test, validation, anchor = (read_jsonl(public[name])[0] for name in ("test", "validation", "anchor"))
+    planted = [{**test, "id": "planted-1"},
+               {**validation, "id": "planted-2", "instruction": validation["instruction"].upper()},
+               {**anchor, "id": "planted-3", "output": anchor["output"] + " Indeed."}]
+    bank = read_jsonl(silos["bank"]) + planted
+    write_jsonl(silos["bank"], bank)
+    write_jsonl(labels, read_jsonl(labels) + [{"id": r["id"], "clean": True} for r in planted])
+    config = tmp_path / "run.toml"
+    config.write_text("\n".join([
+        f'model = "{tiny_model_dir}"', f'validation = "{public["validation"]}"', f'anchor = "{public["anchor"]}"',
+        f'test = "{public["test"]}"', f'labels = "{labels}"', 'conditions = ["mixed"]', "answers = false", "[silos]",
+        *(f'{name} = "{path}"' for name, path in silos.items()),
+        "[train]", "epochs = 1", "batch_size = 6", "max_length = 48", ""]))
+    out = tmp_path / "out"
+    code, text = clues_here("run", "--config", config, "--out", out, "--drop-overlap")
+    assert code == 0, text
+    assert "silo 'bank' left out 3 records that copy public records" in text and "silo 'clinic' left out" not in text
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["mixed"]["bank"]["records"] == len(bank) - 3
+    assert results["training"]["mixed"]["clinic"]["records"] == 6
+    kept_out = json.loads((out / "silos" / "bank" / "dropped-overlap.json").read_text())["ids"]
+    assert kept_out == ["planted-1", "planted-2", "planted-3"]
+    wire = (out / "boundary_log.jsonl").read_text() + json.dumps(results)
+    assert "planted-" not in wire
+    code, text = clues_here("run", "--config", config, "--out", out)
+    assert code == 0, text
+    assert json.loads((out / "results.json").read_text())["training"]["mixed"]["bank"]["records"] == len(bank)
+    assert not (out / "silos" / "bank" / "dropped-overlap.json").exists()

@@ -293,6 +293,9 @@ class RunConfig:
     # Every retraining condition takes as many optimizer steps as training on all records (the paper
     # compares at equal epochs, which gives a condition on fewer records fewer steps).
     equal_steps: bool = True
+    # Each silo leaves out, before anything trains, its records that copy a public validation, anchor
+    # or test record exactly or within one word (clues.data.near_duplicates); only counts cross.
+    drop_overlap: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     select: SelectSettings = field(default_factory=SelectSettings)

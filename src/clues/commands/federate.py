@@ -46,6 +46,7 @@ def federate(
     certs: Optional[Path] = typer.Option(None, "--certs", help="--engine deployment: folder with ca.pem, server.pem, server.key for TLS "
                                          "(default: self-signed ones made for this run; `clues certs` makes a set)."),
     insecure: bool = typer.Option(False, "--insecure", help="--engine deployment: plaintext and no SuperNode authentication (trusted networks only)."),
+    drop_overlap: bool = typer.Option(False, "--drop-overlap", help="Each silo leaves out its records that copy a public validation, anchor or test record (exactly or within one word) before anything trains."),
 ) -> None:
     """Warm-up FedAvg with scoring at the global model -> threshold -> selection -> FedAvg on kept data."""
     from clues.report import print_summary
@@ -61,7 +62,7 @@ def federate(
     if timeout is not None and not timeout > 0:
         raise CluesError(f"--timeout {timeout}: give a positive number of seconds")
     config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
-                                  rounds, local_steps, score_rounds, fraction_train, out)
+                                  rounds, local_steps, score_rounds, fraction_train, out, drop_overlap)
     merging = None
     if compare is not None:  # read before the run: a broken file must not cost a whole federation
         import json
@@ -108,7 +109,7 @@ def run_federated(config, fed, fleet: str = "flower", engine: str = "simulation"
 
 
 def federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
-                    rounds, local_steps, score_rounds, fraction_train, out):
+                    rounds, local_steps, score_rounds, fraction_train, out, drop_overlap=False):
     """``(RunConfig, FedSettings)`` from the config file and the flags."""
     from clues.config import FEDERATED_SCORE_DEFAULTS, fed_settings, make_config
 
@@ -119,6 +120,8 @@ def federate_values(config_file, silo, validation, anchor, test, labels, model, 
         # federated defaults: plain-gradient scores, its own output folder
         defaults={"out": "clues-federated", "score": FEDERATED_SCORE_DEFAULTS},
     )
+    if drop_overlap:
+        values["drop_overlap"] = True
     fed_values = values.pop("federated", {}) or {}
     if score_rounds is not None:
         try:

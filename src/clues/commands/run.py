@@ -119,6 +119,7 @@ def run(
     threshold_mode: Optional[str] = typer.Option(None, "--threshold-mode", help="per-silo (default: each silo from its own anchor scores) or global (one tau from all, the paper)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default clues-run). Rerun to resume."),
     fleet: str = typer.Option("local", "--fleet", help="local (silos in this process, default) or flower (Flower's simulation engine, one SuperNode per silo)."),
+    drop_overlap: bool = typer.Option(False, "--drop-overlap", help="Each silo leaves out its records that copy a public validation, anchor or test record (exactly or within one word) before anything trains."),
 ) -> None:
     """Warm-up training -> scoring -> threshold -> selection -> retraining -> merge -> evaluation -> report."""
     values = config_values(
@@ -131,6 +132,8 @@ def run(
             "merge": {"method": merge, "space": merge_space},
         },
     )
+    if drop_overlap:
+        values["drop_overlap"] = True
     _execute(values, fleet)
 
 

@@ -71,10 +71,8 @@ class NearIndex:
         return len(sequence) >= MIN_WORDS and not self.keys.isdisjoint(variants(sequence))
 
 
-def near_count(records: Iterable[Record], public: Iterable[Record], exact: Iterable[bool] | None = None) -> int:
-    """How many of ``records`` are within one word of a public record (case, spacing and punctuation
-    ignored); ``exact`` flags the ones already counted as exact copies, which are left out."""
+def near_flags(records: Iterable[Record], public: Iterable[Record]) -> list[bool]:
+    """Per record: is it within one word of a public record (case, spacing and punctuation ignored)?"""
     index = NearIndex(public)
-    records = list(records)
-    skip = list(exact) if exact is not None else [False] * len(records)
-    return sum(1 for record, done in zip(records, skip) if not done and index.matches(record))
+    return [index.matches(record) for record in records]
+

@@ -51,7 +51,7 @@ from clues.data.template import padding_id
 from clues.errors import CluesError
 from clues.protocol import Message
 from clues.server.fleet import Fleet
-from clues.server.overlap import PUBLIC_SETS, load_public_sets, overlap_request, warn_overlap
+from clues.server.overlap import PUBLIC_SETS, load_public_sets, overlap_request, say_dropped, warn_overlap
 from clues.server.results import (
     FEDERATED_SCORE_KEYS,
     public_scores,
@@ -341,10 +341,11 @@ class FederatedServer:
         from clues.federated_model import initial_adapter
 
         started = time.perf_counter()
-        request = overlap_request(self.validation, self.anchor, self.test)
+        request = overlap_request(self.validation, self.anchor, self.test, drop=self.config.drop_overlap)
         replies = self.fleet.exchange({s: request for s in self.fleet.silos()}, None)
         warn_overlap(self.console, {n: r.meta.get("public_overlap", {}) for n, r in replies.items()},
                      {n: r.meta.get("public_near", {}) for n, r in replies.items()})
+        say_dropped(self.console, {n: r.meta.get("dropped") or 0 for n, r in replies.items()})
         self.failures = list(self.fleet.failures)  # those of joining (hello) and of this overlap check
         wanted = [c for c in ("mixed", "clues", "oracle") if c in self.config.conditions]
         initial = initial_adapter(self.config.train)

@@ -35,7 +35,7 @@ from clues.errors import CluesError
 from clues.protocol import Message
 from clues.select import anchor_warnings, own_domain_anchors, silo_thresholds
 from clues.server.fleet import Fleet
-from clues.server.overlap import PUBLIC_SETS, load_public_sets, overlap_request, warn_overlap
+from clues.server.overlap import PUBLIC_SETS, load_public_sets, overlap_request, say_dropped, warn_overlap
 from clues.server.results import public_scores, save_adapter, subset_of, write_outputs
 from clues.server.stages import Stages, file_digest
 
@@ -54,7 +54,9 @@ class MergingServer:
         if absent:
             raise CluesError(f"silo {absent[0]!r} is not in the fleet (it has {', '.join(fleet.silos()) or 'no silo'})")
         self.silos = list(config.silos)  # the config's order, whatever the transport's: the merge is order-sensitive
-        self.silo_digest = {name: file_digest(path) for name, path in config.silos.items()}
+        # --drop-overlap changes what a silo trains on: every stage of that silo is another one
+        self.silo_digest = {name: file_digest(path) + ("+drop-overlap" if config.drop_overlap else "")
+                            for name, path in config.silos.items()}
         self.public_key = {name: file_digest(getattr(config, name)) for name in PUBLIC_SETS}
         if config.probe:
             self.public_key["probe"] = file_digest(config.probe)
@@ -74,13 +76,14 @@ class MergingServer:
 
     def check_overlap(self) -> dict[str, dict[str, int]]:
         """Warn when a silo holds records of a public set; asked once, the counts kept as a stage result."""
-        request = overlap_request(self.validation, self.anchor, self.test)
+        request = overlap_request(self.validation, self.anchor, self.test, drop=self.config.drop_overlap)
         replies = {
             name: self.stages.run(f"overlap-{name}", {"silo": self.silo_digest[name], "public": self.public_key, "v": 3},
                                   lambda name=name: _overlap_reply(self._ask(name, request.kind, request.meta)))
             for name in self.silos
         }
         counts = {name: reply["public_overlap"] for name, reply in replies.items()}
+        say_dropped(self.console, {name: reply.get("dropped") or 0 for name, reply in replies.items()})
         warn_overlap(self.console, counts, {name: reply.get("public_near") or {} for name, reply in replies.items()})
         self.check_validation_domains({name: reply.get("domains") or [] for name, reply in replies.items()})
         return counts
@@ -263,5 +266,5 @@ class MergingServer:
 
 def _overlap_reply(reply: Message) -> dict:
     """What the overlap stage keeps of a silo's hello reply: the counts and its domain labels."""
-    return {key: reply.meta.get(key) for key in ("public_overlap", "public_near", "domains")}
+    return {key: reply.meta.get(key) for key in ("public_overlap", "public_near", "domains", "dropped")}
 

@@ -23,11 +23,21 @@ def load_public_sets(config) -> tuple[list, list, list, list[dict] | None]:
     return validation, anchor, test, load_probe(config.probe, test) if config.probe else None
 
 
-def overlap_request(validation, anchor, test) -> Message:
+def overlap_request(validation, anchor, test, drop: bool = False) -> Message:
     """A ``hello`` carrying the public sets: each silo answers how many of its records share an id or
-    the content with each set (counts only cross the boundary)."""
+    the content with each set, or nearly (counts only cross the boundary); with ``drop`` it also leaves
+    those records out of everything that follows."""
     public = dict(zip(PUBLIC_SETS, (validation, anchor, test)))
-    return Message(protocol.HELLO, {"public": {name: [record_to_json(r) for r in rows] for name, rows in public.items()}})
+    meta = {"public": {name: [record_to_json(r) for r in rows] for name, rows in public.items()}}
+    return Message(protocol.HELLO, {**meta, "drop_overlap": True} if drop else meta)
+
+
+def say_dropped(console, dropped: dict[str, int]) -> None:
+    """One line per silo that left records out (``--drop-overlap``), counts only."""
+    for silo, count in dropped.items():
+        if count:
+            console.print(f"silo {silo!r} left out {count} records that copy public records (--drop-overlap)",
+                          markup=False, highlight=False)
 
 
 def warn_overlap(console, counts: dict[str, dict[str, int]], near: dict[str, dict[str, int]] | None = None) -> None:

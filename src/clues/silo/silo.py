@@ -21,6 +21,7 @@ from typing import Mapping
 
 from clues import protocol
 from clues.data import Record, record_from_dict
+from clues.io import write_json
 from clues.failures import SiloError
 from clues.protocol import Message
 from clues.silo import fed_score, fit, hello, score, select, train
@@ -44,8 +45,10 @@ class Silo:
         if not records:
             raise SiloError(f"silo {name!r} has no records")
         self.name = name
-        self.records = list(records)
+        self.all_records = list(records)
         self.workdir = Path(workdir)  # scores, kept subsets, silo-errors.log: its files never cross
+        self.records = self.all_records
+        self.leave_out(self._dropped_ids())
         self.labels = dict(labels) if labels is not None else None
         if self.labels is not None:
             missing = [r.id for r in self.records if r.id not in self.labels]
@@ -59,6 +62,27 @@ class Silo:
         # {(method, request digest): {set: scores}}: what a fused method's components reuse in one process
         self.totals: dict[tuple[str, str], dict] = {}
         self.kept: dict[str, list[Record]] = {}
+        self.domains = tuple(sorted({r.domain for r in self.records if r.domain}))
+
+    # -- --drop-overlap: records left out, remembered in the work folder -------------------------------
+    DROPPED = "dropped-overlap.json"
+
+    def _dropped_ids(self) -> set[str]:
+        path = self.workdir / self.DROPPED
+        return set(json.loads(path.read_text(encoding="utf-8"))["ids"]) if path.exists() else set()
+
+    def leave_out(self, ids: set[str]) -> None:
+        """Train, score and select on every record but ``ids`` (none: all of them again). Each process
+        of a Flower deployment builds its silo afresh, so the list is kept in the work folder."""
+        path = self.workdir / self.DROPPED
+        if ids:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            write_json(path, {"ids": sorted(ids)})
+        elif path.exists():
+            path.unlink()
+        self.records = [r for r in self.all_records if r.id not in ids]
+        if not self.records:
+            raise SiloError(f"silo {self.name!r}: every record copies a public record; nothing is left to train on")
         self.domains = tuple(sorted({r.domain for r in self.records if r.domain}))
 
     # -- the one entry point --------------------------------------------------------------------
