@@ -290,6 +290,18 @@ def test_bad_flag_values_are_refused_like_config_values(files, tmp_path, clues_h
             code, text = clues_here(command, "--config", path, "--out", tmp_path / "out", flag, value)
             assert_error(code, text, needle)
             assert str(path) not in text and not (tmp_path / "out").exists()
+    federated = (("--rounds", "0", "--rounds 0: rounds must be >= 1, got 0"),
+                 ("--score-rounds", "99", "--score-rounds 99: --score-rounds must be rounds between 1 and 10"),
+                 ("--fraction-train", "0", "--fraction-train 0.0: fraction_train must be in (0, 1]"))
+    for flag, value, needle in federated:
+        code, text = clues_here("federate", "--config", path, "--out", tmp_path / "out", flag, value)
+        assert_error(code, text, needle)
+        assert str(path) not in text and not (tmp_path / "out").exists()
+    # a model folder that is not one is refused before any silo trains, by both modes
+    for command in ("run", "federate"):
+        code, text = clues_here(command, "--config", path, "--out", tmp_path / "out", "--model", tmp_path)
+        assert_error(code, text, f"{tmp_path} has no config.json, so it is not a Hugging Face model folder")
+        assert not (tmp_path / "out").exists()
     # the demo checks its merge before it builds its benchmark
     code, text = clues_here("demo", "--model", "default", "--merge", "magic", "--out", tmp_path / "demo")
     assert_error(code, text, "--merge/--merge-space: method must be one of")

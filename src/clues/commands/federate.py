@@ -63,6 +63,9 @@ def federate(
         raise CluesError(f"--timeout {timeout}: give a positive number of seconds")
     config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                                   rounds, local_steps, score_rounds, fraction_train, out, drop_overlap)
+    from clues.model.loading import check_model
+
+    check_model(config.model)
     merging = None
     if compare is not None:  # read before the run: a broken file must not cost a whole federation
         import json
@@ -111,7 +114,7 @@ def run_federated(config, fed, fleet: str = "flower", engine: str = "simulation"
 def federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                     rounds, local_steps, score_rounds, fraction_train, out, drop_overlap=False):
     """``(RunConfig, FedSettings)`` from the config file and the flags."""
-    from clues.config import FEDERATED_SCORE_DEFAULTS, fed_settings, make_config
+    from clues.config import FEDERATED_SCORE_DEFAULTS, FedSettings, fed_settings, make_config
 
     values = config_values(
         config_file, silo,
@@ -128,9 +131,17 @@ def federate_values(config_file, silo, validation, anchor, test, labels, model, 
             fed_values["score_rounds"] = [int(r) for r in score_rounds.split(",") if r.strip()]
         except ValueError:
             raise CluesError(f"--score-rounds {score_rounds!r}: expected comma-separated round numbers") from None
-    for key, value in {"rounds": rounds, "local_steps": local_steps, "fraction_train": fraction_train}.items():
-        if value is not None:
-            fed_values[key] = value
+    given = {"rounds": rounds, "local_steps": local_steps, "fraction_train": fraction_train,
+             "score_rounds": tuple(fed_values["score_rounds"]) if score_rounds is not None else None}
+    given = {key: value for key, value in given.items() if value is not None}
+    total = given.get("rounds", fed_values.get("rounds"))
+    for key, value in given.items():  # a flag's value checked on its own: the error names the flag, not the file
+        context = {"rounds": total} if key == "score_rounds" and isinstance(total, int) and total >= 1 else {}
+        try:
+            FedSettings(**{**context, key: value})
+        except CluesError as exc:
+            raise CluesError(f"--{key.replace('_', '-')} {score_rounds if key == 'score_rounds' else value}: {exc}") from None
+        fed_values[key] = value
     fed = fed_settings(fed_values, values.get("_source", "config"))
     return make_config(values), fed
 

@@ -80,11 +80,13 @@ FLEETS = ("local", "flower")
 
 def _execute(values: dict, fleet: str = "local") -> dict:
     from clues.config import make_config
+    from clues.model.loading import check_model
     from clues.report import print_summary
 
     if fleet not in FLEETS:
         raise CluesError(f"--fleet {fleet!r}: choose {' or '.join(FLEETS)}")
     config = make_config(values)
+    check_model(config.model)
     if fleet == "flower":
         from clues.flower.simulation import simulate
 

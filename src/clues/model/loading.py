@@ -59,6 +59,13 @@ def _check_model_folder(folder: Path, shown: str) -> None:
         raise CluesError(f"model {shown!r}: {folder} has a config.json but no weights (*.safetensors or *.bin)")
 
 
+def check_model(name_or_path: str) -> None:
+    """Refuse, before a run starts, a model that is neither a preset nor a Hugging Face folder: found
+    later, inside a silo, it would cost a training stage and say only "details in the silo's log"."""
+    if str(name_or_path) not in PRESETS:
+        _check_model_folder(Path(name_or_path).expanduser(), str(name_or_path))
+
+
 def _resolve(name_or_path: str) -> tuple[Path, dict]:
     """(folder, extra from_pretrained kwargs) for a preset name or a local path."""
     if name_or_path == "default":
