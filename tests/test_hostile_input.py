@@ -402,7 +402,7 @@ def test_the_same_run_twice_writes_the_same_bytes_apart_from_timing(tmp_path, mo
     assert adapter["target_modules"] == sorted(targets)
 
 
-def _tiny_run(tmp_path: Path, model_dir, *train_lines: str) -> Path:
+def _tiny_run(tmp_path: Path, model_dir, *train_lines: str, conditions: str = '["mixed", "clues"]', answers: bool = True) -> Path:
     """A two-silo run config on the tiny model (6 records per silo, one epoch), mixed and clues."""
     from conftest import small_consortium
 
@@ -410,8 +410,8 @@ def _tiny_run(tmp_path: Path, model_dir, *train_lines: str) -> Path:
     config = tmp_path / "run.toml"
     config.write_text("\n".join([
         f'model = "{model_dir}"', f'validation = "{public["validation"]}"', f'anchor = "{public["anchor"]}"',
-        f'test = "{public["test"]}"', f'labels = "{labels}"', 'conditions = ["mixed", "clues"]', "[silos]",
-        *(f'{name} = "{path}"' for name, path in silos.items()),
+        f'test = "{public["test"]}"', f'labels = "{labels}"', f"conditions = {conditions}",
+        f"answers = {'true' if answers else 'false'}", "[silos]", *(f'{name} = "{path}"' for name, path in silos.items()),
         "[train]", "epochs = 1", "batch_size = 6", "max_length = 48", *train_lines, "[score]", "batch_size = 6", ""]))
     return config
 
@@ -427,8 +427,8 @@ def test_a_diverged_run_is_refused_instead_of_keeping_everything(tmp_path, model
 
 def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, model_dir):
     """Files capped at 64 kB (RLIMIT_FSIZE: a full disk without root): the run stops with one error line
-    naming the cause, whichever write hits the cap first (today a library's temporary file, which has
-    no path we could name); once the cap is lifted the same command finishes."""
+    naming the cause, whichever write hits the cap first (a library's write may carry no path to name);
+    once the cap is lifted the same command finishes."""
     import resource
     import signal
 
@@ -436,7 +436,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, model_dir):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
 
-    config, out = _tiny_run(tmp_path, model_dir), tmp_path / "out"
+    config, out = _tiny_run(tmp_path, model_dir, conditions='["mixed", "clues"]', answers=False), tmp_path / "out"
     full = subprocess.run([sys.executable, "-m", "clues.cli", "run", "--config", str(config), "--out", str(out)],
                           capture_output=True, text=True, env=ENV, timeout=600, preexec_fn=capped)
     assert_error(full.returncode, full.stdout + full.stderr, "File too large")
