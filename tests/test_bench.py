@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from clues import protocol
-from clues.baselines import METHODS
+from clues.methods import METHODS
 from clues.cli import app
 from clues.config import make_config
 from clues.data import load_records

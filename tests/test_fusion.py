@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from clues.baselines import METHODS, NEEDS_WARMUP, ScoringInputs, score_records
+from clues.baselines import ScoringInputs, score_records
+from clues.methods import METHODS, NEEDS_WARMUP
 from clues.baselines.fusion import FUSIONS, fuse, percentiles
 from clues.data import shipped
 from clues.scoring.engine import ScoreSettings

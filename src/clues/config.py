@@ -61,6 +61,7 @@ import torch
 from clues.data.template import DEFAULT_MAX_LENGTH, TEMPLATES
 from clues.errors import CluesError
 from clues.fieldcheck import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, check_fields, show
+from clues.methods import METHODS
 from clues.model.loading import PRESET_TRAIN
 from clues.names import check_silo_name
 from clues.select import MODES, parse_policy
@@ -307,10 +308,6 @@ class RunConfig:
         check_fields(self, {"eval_batch_size": AT_LEAST_1})
         for name in self.silos:  # also where silos come from neither flags nor TOML (a job file, the API)
             check_silo_name(name, "silos")
-        # The one import up a floor in the house: the methods are the baselines' own list, and the
-        # baselines are configured from here (ScoreSettings).
-        from clues.baselines import METHODS
-
         conditions = REFERENCES + METHODS
         unknown = [c for c in self.conditions if c not in conditions]
         if unknown:

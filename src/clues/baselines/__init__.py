@@ -34,12 +34,11 @@ import torch
 
 from clues.data.template import DEFAULT_MAX_LENGTH
 from clues.data.records import Record
-from clues.baselines.fusion import FUSIONS, fused_scores
+from clues.baselines.fusion import fused_scores
 from clues.errors import CluesError
+from clues.methods import FUSIONS, METHODS
 from clues.scoring.engine import ScoreSettings
 
-# Selection methods, in the order a benchmark runs them (random needs the count CLUES kept).
-METHODS = ("clues", *FUSIONS, "loss", "perplexity", "tail", "ifd", "datainf", "less", "rds", "random")
 _SCORERS = {
     "clues": ("clues.baselines.trace", "clues_scores"),
     "loss": ("clues.baselines.heldout_loss", "heldout_loss_scores"),
@@ -51,13 +50,6 @@ _SCORERS = {
     "rds": ("clues.baselines.rds", "rds_scores"),
     "random": ("clues.baselines.uniform", "random_scores"),
 }
-# Methods that score with the silo's warm-up training run (the others need only the base model).
-NEEDS_WARMUP = ("clues", "loss", "datainf", "less",
-                *(name for name, parts in FUSIONS.items() if {"clues", "loss", "datainf", "less"} & set(parts)))
-# Methods that score along the validation gradient of the silo's own domain(s), other domains weighing
-# ``[score] w_other`` (clues.scoring.engine.validation_weights): with w_other 0 they need a validation
-# record of the silo's domain.
-OWN_DOMAIN_DIRECTION = ("clues", "datainf", *(name for name, parts in FUSIONS.items() if {"clues", "datainf"} & set(parts)))
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-# Fused methods and their components, all of them methods of clues.baselines. Chosen on design seed 1
-# of mixed-small, with single signals on seeds 1-3 (benchmarks/design_study.py; docs/results.md,
-# "Choosing the score"): the worst-token tail gave the best three-way fusion; the IFD one is the
-# runner-up and sees answers to other questions better.
-FUSIONS = {
-    "clues+perplexity+tail": ("clues", "perplexity", "tail"),
-    "clues+perplexity+ifd": ("clues", "perplexity", "ifd"),
-}
+from clues.methods import FUSIONS  # the fused methods and their components, all methods of clues.baselines
 
 
 def percentiles(reference: Sequence[float], values: Sequence[float]) -> torch.Tensor:

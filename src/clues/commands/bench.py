@@ -26,7 +26,8 @@ SWEEP = "pollution"
 
 
 def _methods(text: str) -> list[str]:
-    from clues.baselines import METHODS, check_methods
+    from clues.baselines import check_methods
+    from clues.methods import METHODS
 
     methods = list(METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
     check_methods(methods)

@@ -43,7 +43,7 @@ import torch
 from rich.console import Console
 
 from clues import protocol
-from clues.baselines import METHODS
+from clues.methods import METHODS
 from clues.checkpoint import load_adapter_state
 from clues.config import FedSettings, RunConfig
 from clues.data import record_to_json
@@ -295,7 +295,7 @@ class FederatedServer:
         LESS and DataInf score with a local warm-up run: each silo first fine-tunes on all its records,
         as in merging mode (their gradients need optimizer checkpoints of the silo's own data).
         """
-        from clues.baselines import NEEDS_WARMUP
+        from clues.methods import NEEDS_WARMUP
 
         silos = self._silos()
         train = self.config.train.to_dict()

@@ -28,7 +28,7 @@ from pathlib import Path
 from rich.console import Console
 
 from clues import protocol
-from clues.baselines import METHODS, OWN_DOMAIN_DIRECTION
+from clues.methods import METHODS, OWN_DOMAIN_DIRECTION
 from clues.config import RunConfig
 from clues.data import record_to_json
 from clues.errors import CluesError

@@ -51,12 +51,8 @@ def _progress(console, method: str, total: int | None):
 
 
 def answer(silo, message: Message) -> Message:
-    from clues.baselines import (
-        NEEDS_WARMUP,
-        ScoringInputs,
-        check_methods,
-        score_records,
-    )
+    from clues.baselines import ScoringInputs, check_methods, score_records
+    from clues.methods import NEEDS_WARMUP
     from clues.scoring.engine import ScoreSettings, score_run
     from clues.train import TrainConfig
 
