@@ -40,15 +40,11 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except CluesError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"error: {exc}", highlight=False, markup=False, style="red")
-        sys.exit(1)
+        _fail(f"error: {exc}")
     except OSError as exc:  # a full disk, a read-only folder, a file where a folder should be: say which and why
         where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
         cause = exc.strerror or str(exc)
-        text = f"error: {where}: {cause}" if where else f"error: a file could not be written or read: {cause}; " \
-                                                         "finished stages are kept, rerun once the cause is fixed"
-        Console(stderr=True, soft_wrap=True).print(text, highlight=False, markup=False, style="red")
-        sys.exit(1)
+        _fail(f"error: {where}: {cause}" if where else _unwritable(cause))
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -58,11 +54,18 @@ def main() -> None:
         cause = os_cause(exc)
         if cause is None:
             raise
-        Console(stderr=True, soft_wrap=True).print(f"error: a file could not be written or read: {cause}; finished "
-                                                   "stages are kept, rerun the same command once the cause is fixed",
-                                                   highlight=False, markup=False, style="red")
-        sys.exit(1)
+        _fail(_unwritable(cause))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unwritable(cause: str) -> str:
+    """A file operation that failed without a path to name (a library's own write, a temporary file)."""
+    return f"error: a file could not be written or read: {cause}; finished stages are kept, rerun once the cause is fixed"
+
+
+def _fail(text: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(text, highlight=False, markup=False, style="red")
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def federate(
     drop_overlap: bool = typer.Option(False, "--drop-overlap", help="Each silo leaves out its records that copy a public validation, anchor or test record (exactly or within one word) before anything trains."),
 ) -> None:
     """Warm-up FedAvg with scoring at the global model -> threshold -> selection -> FedAvg on kept data."""
+    from clues.model.loading import check_model
     from clues.report import print_summary
 
     if fleet not in ("flower", "local"):
@@ -63,8 +64,6 @@ def federate(
         raise CluesError(f"--timeout {timeout}: give a positive number of seconds")
     config, fed = federate_values(config_file, silo, validation, anchor, test, labels, model, lr, precondition, threshold,
                                   rounds, local_steps, score_rounds, fraction_train, out, drop_overlap)
-    from clues.model.loading import check_model
-
     check_model(config.model)
     merging = None
     if compare is not None:  # read before the run: a broken file must not cost a whole federation

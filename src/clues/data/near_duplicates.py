@@ -7,9 +7,9 @@ An exact match (same id or same stripped text) is :func:`clues.data.records.shar
 module finds the rest.
 
 Words are case-folded runs of letters and digits; each CJK character is a word of its own (Chinese
-has no spaces, so a run would make a whole sentence one word). Two word sequences are within one
-edit when deleting at most one word from each makes them equal (the symmetric-deletion idea):
-a replaced word is deleted on both sides, an added one on one side. Each sequence and each of its
+has no spaces, so a run would make a whole sentence one word). Two word sequences are near when
+deleting at most one word from each makes them equal (the symmetric-deletion idea): one word
+replaced (deleted on both sides), added or removed (deleted on one side), or two neighbours swapped. Each sequence and each of its
 one-word deletions is kept as a polynomial hash, computed from prefix and suffix hashes in one pass,
 so a record of n words costs O(n), not O(n^2). Records shorter than :data:`MIN_WORDS` are never
 near-duplicates: two short answers one word apart are usually different answers.
