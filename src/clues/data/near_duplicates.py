@@ -75,4 +75,3 @@ def near_flags(records: Iterable[Record], public: Iterable[Record]) -> list[bool
     """Per record: is it within one word of a public record (case, spacing and punctuation ignored)?"""
     index = NearIndex(public)
     return [index.matches(record) for record in records]
-

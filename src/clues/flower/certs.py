@@ -187,7 +187,7 @@ def check_tls_folder(folder: str | Path, host: str = "127.0.0.1", now: dt.dateti
     if host not in names:
         raise CluesError(f"{paths[SERVER]}: not valid for the host {host} (it names {', '.join(names) or 'no host'}; "
                          f"make one with `clues certs --host {host}`)")
-    target = x509_host(host)
+    target = _x509_host(host)
     try:
         PolicyBuilder().store(Store([ca])).time(now).build_server_verifier(target).verify(server, [])
     except VerificationError as ex:
@@ -236,7 +236,7 @@ def _host_names(cert) -> list[str]:
     return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
 
 
-def x509_host(host: str):
+def _x509_host(host: str):
     """``host`` as the name a TLS client checks: an IP address or a DNS name."""
     from cryptography import x509
 

@@ -412,4 +412,3 @@ def failure_warnings(failures: list[dict]) -> list[str]:
         lines.append(f"silo {silo!r}: {len(missed)} replies missing{where}, failed or timed out "
                      f"({missed[-1].get('reason') or missed[-1].get('kind')}); the run went on without them")
     return lines
-

@@ -267,4 +267,3 @@ class MergingServer:
 def _overlap_reply(reply: Message) -> dict:
     """What the overlap stage keeps of a silo's hello reply: the counts and its domain labels."""
     return {key: reply.meta.get(key) for key in ("public_overlap", "public_near", "domains", "dropped")}
-

@@ -3,9 +3,9 @@
 With ``public`` sets in the request, how many own records share an id or the content with each
 (a count only: which records they are stays in the silo), how many more are near-duplicates of one
 (within one word, case and spacing ignored: :mod:`clues.data.near_duplicates`), and the silo's
-domain labels, so the
-server can refuse a validation file without them before anything trains. With ``drop_overlap`` the
-silo leaves those records out of everything that follows (``Silo.leave_out``) and says how many.
+domain labels, so the server can refuse a validation file without them before anything trains. With
+``drop_overlap`` the silo leaves those records out of everything that follows (``Silo.leave_out``)
+and says how many.
 """
 
 from __future__ import annotations
