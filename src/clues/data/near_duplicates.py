@@ -3,7 +3,7 @@
 A silo record that is a public validation, anchor or test record with its case, spacing or
 punctuation changed, or with one word replaced, added or removed, leaks that public record into
 training as surely as an exact copy: the test loss, the threshold and the scores all lean on it.
-An exact match (same id or same stripped text) is :func:`clues.data.records.shared_count`'s; this
+An exact match (same id or same stripped text) is found by :func:`clues.data.records.shared_flags`; this
 module finds the rest.
 
 Words are case-folded runs of letters and digits; each CJK character is a word of its own (Chinese

@@ -322,10 +322,6 @@ def shared_flags(records: Iterable[Record], public: Iterable[Record]) -> list[bo
     return [r.id in ids or content(r) in contents for r in records]
 
 
-def shared_count(records: Iterable[Record], public: Iterable[Record]) -> int:
-    """How many of ``records`` are exact copies of a public record (:func:`shared_flags`)."""
-    return sum(shared_flags(records, public))
-
 
 def record_to_json(record: Record) -> dict:
     """The record as it should be written back: the original object, untouched."""

@@ -47,14 +47,13 @@ class Silo:
         self.name = name
         self.all_records = list(records)
         self.workdir = Path(workdir)  # scores, kept subsets, silo-errors.log: its files never cross
-        self.records = self.all_records
-        self.leave_out(self._dropped_ids())
+        self.leave_out(self._dropped_ids())  # sets records and domains: all of them, or those --drop-overlap left
         self.labels = dict(labels) if labels is not None else None
         if self.labels is not None:
-            missing = [r.id for r in self.records if r.id not in self.labels]
+            missing = [r.id for r in self.all_records if r.id not in self.labels]  # the whole file, as read
             if missing:
                 raise SiloError(f"silo {name!r}: {len(missing)} records have no label (e.g. {missing[0]!r})",
-                                public=f"{len(missing)} of its {len(self.records)} records have no label")
+                                public=f"{len(missing)} of its {len(self.all_records)} records have no label")
         self.console = console
         # Benchmarks only: each record's corruption type, for per-type metrics (aggregates cross, never a record's type).
         self.corruptions = dict(corruptions) if corruptions is not None and self.labels is not None else None
@@ -62,7 +61,6 @@ class Silo:
         # {(method, request digest): {set: scores}}: what a fused method's components reuse in one process
         self.totals: dict[tuple[str, str], dict] = {}
         self.kept: dict[str, list[Record]] = {}
-        self.domains = tuple(sorted({r.domain for r in self.records if r.domain}))
 
     # -- --drop-overlap: records left out, remembered in the work folder -------------------------------
     DROPPED = "dropped-overlap.json"

@@ -21,7 +21,8 @@ from clues.train import TrainConfig, data_fingerprint, plan, train
 
 
 def records_digest(records) -> str:
-    """A short key of a record subset (its ids in order): names run folders and encoding caches."""
+    """A short key of a record subset (its ids in order): names in-process encoding caches (run folders
+    are keyed by content, :func:`run_dir`)."""
     digest = hashlib.sha256()
     for record in records:
         digest.update(record.id.encode("utf-8") + b"\x00")
